@@ -1,0 +1,214 @@
+"""Resolve constructor arguments: argument, then environment variable, then default.
+
+Everything is validated here, at construction, with a message that names the argument
+and the allowed range. The result is a frozen ``Settings``; the token inside it is a
+``Secret`` whose repr never shows it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from cms_shipper.errors import ConfigurationError
+
+__all__ = [
+    "CMS_BEARER_TOKEN",
+    "CMS_DISABLED",
+    "CMS_HOST",
+    "CMS_MAX_REQUESTS_PER_MINUTE",
+    "CMS_SHUTDOWN_TIMEOUT_S",
+    "CMS_SYNC_MODE",
+    "DEFAULT_HOST",
+    "Secret",
+    "Settings",
+    "resolve_settings",
+]
+
+# Environment variables, each named after itself.
+CMS_BEARER_TOKEN = "CMS_BEARER_TOKEN"
+CMS_HOST = "CMS_HOST"
+CMS_DISABLED = "CMS_DISABLED"
+CMS_SYNC_MODE = "CMS_SYNC_MODE"
+CMS_SHUTDOWN_TIMEOUT_S = "CMS_SHUTDOWN_TIMEOUT_S"
+CMS_MAX_REQUESTS_PER_MINUTE = "CMS_MAX_REQUESTS_PER_MINUTE"
+
+DEFAULT_HOST = "https://api.cme.sh"
+
+Callback = Callable[[Any], None]
+
+
+class Secret:
+    """Holds the bearer token; its repr and str never reveal it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The token itself, for the Authorization header only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved, validated configuration of one client."""
+
+    token: Optional[Secret] = field(repr=False)
+    host: str
+    max_queue_size: int = 10_000
+    batch_size: int = 100
+    flush_interval_s: float = 0.5
+    max_concurrent_requests: int = 4
+    max_requests_per_minute: Optional[int] = None
+    retry_max_attempts: int = 5
+    retry_max_elapsed_s: float = 60.0
+    retry_initial_backoff_s: float = 0.5
+    retry_max_backoff_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 5.0
+    flush_timeout_s: float = 30.0
+    on_success: Optional[Callback] = None
+    on_error: Optional[Callback] = None
+    on_drop: Optional[Callback] = None
+    sync_mode: bool = False
+    disabled: bool = False
+
+
+_INTS = {  # name -> smallest allowed value
+    "max_queue_size": 1,
+    "batch_size": 1,
+    "max_concurrent_requests": 1,
+    "retry_max_attempts": 1,
+}
+_FLOATS = {  # name -> smallest allowed value
+    "flush_interval_s": 0.001,
+    "retry_max_elapsed_s": 0.0,
+    "retry_initial_backoff_s": 0.0,
+    "retry_max_backoff_s": 0.0,
+    "connect_timeout_s": 0.001,
+    "read_timeout_s": 0.001,
+    "shutdown_timeout_s": 0.0,
+    "flush_timeout_s": 0.0,
+}
+_CALLBACKS = ("on_success", "on_error", "on_drop")
+_FLAGS = {"sync_mode": CMS_SYNC_MODE, "disabled": CMS_DISABLED}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env(name: str) -> Optional[str]:
+    value = os.environ.get(name)
+    return value if value is not None and value.strip() != "" else None
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if type(value) is not int or value < minimum:
+        raise ConfigurationError(name, f"must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _float(name: str, value: Any, minimum: float) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < minimum:
+        raise ConfigurationError(name, f"must be a finite number of seconds >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value: Any, env_name: str) -> bool:
+    if value is None:
+        raw = (os.environ.get(env_name) or "").strip().lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ConfigurationError(env_name, f"must be one of 1/0/true/false/yes/no, got {raw!r}")
+    if not isinstance(value, bool):
+        raise ConfigurationError(name, f"must be True or False, got {value!r}")
+    return value
+
+
+def _host(value: Optional[str]) -> str:
+    source = "host"
+    if value is None:
+        value, source = _env(CMS_HOST), CMS_HOST
+    if value is None:
+        return DEFAULT_HOST
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(source, f"must be an http(s) URL such as {DEFAULT_HOST}, got {value!r}")
+    return value.rstrip("/")
+
+
+def _token(value: Optional[str], disabled: bool) -> Optional[Secret]:
+    if value is None:
+        value = _env(CMS_BEARER_TOKEN)
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError("token", f"must be a string, got {type(value).__name__}")
+    if value is None or not value.strip():
+        if disabled:
+            return None
+        raise ConfigurationError(
+            "token",
+            f"no bearer token: pass token=... or set the {CMS_BEARER_TOKEN} environment variable"
+            " (or pass disabled=True to validate events without sending them)",
+        )
+    if any(ch in value for ch in "\r\n"):
+        raise ConfigurationError("token", "must not contain line breaks")
+    return Secret(value.strip())
+
+
+def _env_number(name: str, env_name: str, options: dict[str, Any]) -> None:
+    """Fill ``options[name]`` from ``env_name`` when the argument was not given."""
+    if name in options:
+        return
+    raw = _env(env_name)
+    if raw is None:
+        return
+    try:
+        options[name] = float(raw) if name.endswith("_s") else int(raw)
+    except ValueError:
+        raise ConfigurationError(env_name, f"must be a number, got {raw!r}") from None
+
+
+def resolve_settings(token: Optional[str], host: Optional[str], options: dict[str, Any]) -> Settings:
+    """Validate every option and return the frozen ``Settings``; raise ``ConfigurationError``."""
+    known = set(Settings.__dataclass_fields__) - {"token", "host"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(unknown[0], f"unknown option; known options are {sorted(known)}")
+    options = dict(options)
+    _env_number("shutdown_timeout_s", CMS_SHUTDOWN_TIMEOUT_S, options)
+    _env_number("max_requests_per_minute", CMS_MAX_REQUESTS_PER_MINUTE, options)
+    for name, env_name in _FLAGS.items():
+        options[name] = _flag(name, options.get(name), env_name)
+    for name, minimum in _INTS.items():
+        if name in options:
+            options[name] = _int(name, options[name], minimum)
+    for name, least in _FLOATS.items():
+        if name in options:
+            options[name] = _float(name, options[name], least)
+    if options.get("max_requests_per_minute") is not None:
+        options["max_requests_per_minute"] = _int(
+            "max_requests_per_minute", options["max_requests_per_minute"], 1
+        )
+    for name in _CALLBACKS:
+        if options.get(name) is not None and not callable(options[name]):
+            raise ConfigurationError(name, f"must be callable or None, got {options[name]!r}")
+    settings = Settings(token=_token(token, options["disabled"]), host=_host(host), **options)
+    if settings.retry_initial_backoff_s > settings.retry_max_backoff_s:
+        raise ConfigurationError(
+            "retry_initial_backoff_s",
+            f"must be <= retry_max_backoff_s ({settings.retry_max_backoff_s})",
+        )
+    return settings

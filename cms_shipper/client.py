@@ -1,0 +1,314 @@
+"""``CMSClient``: the public face that wires queue, worker, gate, retry policy and transport.
+
+``track_*`` validates in the caller's thread, queues, and returns in microseconds; the
+worker delivers in the background. Only this module knows all the pieces.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import secrets
+import threading
+import time
+import weakref
+from typing import Any, Optional
+
+from cms_shipper._config import Settings, resolve_settings
+from cms_shipper._events import Event, build_lead, build_sale
+from cms_shipper._ledger import Ledger
+from cms_shipper._log import RateLimitedLog, logger
+from cms_shipper._outcomes import Reporter, dropped, from_reply, invalid
+from cms_shipper._pacing import Gate
+from cms_shipper._queue import EventQueue
+from cms_shipper._retry import RetryPolicy, classify
+from cms_shipper._transport import Reply, Transport
+from cms_shipper._worker import Worker
+from cms_shipper.errors import ValidationError
+from cms_shipper.results import FlushResult, Outcome, Reason, Result, TrackResult
+
+__all__ = ["CMSClient"]
+
+# A 429 without Retry-After still pauses everyone briefly; each event's own backoff
+# grows from there.
+DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+_STOPPED = Reply(None, error="stopped: the client is closing")
+
+
+class CMSClient:
+    """Non-blocking CutMeShort client: ``track_lead``/``track_sale`` queue, a worker delivers."""
+
+    def __init__(self, token: Optional[str] = None, host: Optional[str] = None, **options: Any):
+        self._settings: Settings = resolve_settings(token, host, options)
+        s = self._settings
+        self._ledger = Ledger()
+        self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
+        self._stop = threading.Event()
+        self._gate = Gate(s.max_requests_per_minute)
+        self._policy = RetryPolicy(
+            max_attempts=s.retry_max_attempts,
+            max_elapsed_s=s.retry_max_elapsed_s,
+            initial_backoff_s=s.retry_initial_backoff_s,
+            max_backoff_s=s.retry_max_backoff_s,
+        )
+        self._transport = Transport(s.host, s.token, s.connect_timeout_s, s.read_timeout_s)
+        self._worker: Worker[TrackResult] = Worker(
+            self._queue,
+            self._deliver,
+            key=_customer_key,
+            lanes=s.max_concurrent_requests,
+            batch_size=s.batch_size,
+            flush_interval_s=s.flush_interval_s,
+            stop=self._stop,
+        )
+        self._log = RateLimitedLog()
+        self._reporter = Reporter(s, self._log)
+        self._ids = itertools.count(1)
+        # Random per client: ids stay unique across processes without a uuid4 per event.
+        self._id_prefix = f"evt_{secrets.token_hex(6)}_"
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._close_result: Optional[FlushResult] = None
+        self._pid = os.getpid()
+        self._exit_hook = _make_exit_hook(self)
+        atexit.register(self._exit_hook)
+
+    @property
+    def settings(self) -> Settings:
+        """The resolved configuration (its repr never shows the token)."""
+        return self._settings
+
+    def __repr__(self) -> str:
+        s = self._settings
+        mode = "disabled" if s.disabled else "sync" if s.sync_mode else "background"
+        return f"CMSClient(host={s.host!r}, mode={mode!r}, closed={self._closed})"
+
+    def __enter__(self) -> CMSClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- tracking (caller's thread: no network, no raising for bad data) ----------------
+
+    def track_lead(
+        self,
+        event_name: str,
+        customer_external_id: str,
+        click_id: Optional[str] = None,
+        customer_name: Optional[str] = None,
+        customer_email: Optional[str] = None,
+        customer_avatar: Optional[str] = None,
+        timestamp: Any = None,
+        mode: Optional[str] = None,
+    ) -> TrackResult:
+        """Validate and queue a lead event; returns at once (see ``TrackResult.wait``)."""
+        try:
+            event = build_lead(
+                self._next_id(), time.time(), event_name=event_name,
+                customer_external_id=customer_external_id, click_id=click_id,
+                customer_name=customer_name, customer_email=customer_email,
+                customer_avatar=customer_avatar, timestamp=timestamp, mode=mode,
+            )  # fmt: skip
+        except ValidationError as exc:
+            return self._settle_now(invalid(exc))
+        return self._submit(event)
+
+    def track_sale(
+        self,
+        event_name: str,
+        customer_external_id: str,
+        invoice_id: str,
+        amount: int,
+        currency: str,
+        click_id: Optional[str] = None,
+        customer_name: Optional[str] = None,
+        customer_email: Optional[str] = None,
+        customer_avatar: Optional[str] = None,
+        timestamp: Any = None,
+    ) -> TrackResult:
+        """Validate and queue a sale event (``amount`` in cents); returns at once."""
+        try:
+            event = build_sale(
+                self._next_id(), time.time(), event_name=event_name,
+                customer_external_id=customer_external_id, invoice_id=invoice_id,
+                amount=amount, currency=currency, click_id=click_id,
+                customer_name=customer_name, customer_email=customer_email,
+                customer_avatar=customer_avatar, timestamp=timestamp,
+            )  # fmt: skip
+        except ValidationError as exc:
+            return self._settle_now(invalid(exc))
+        return self._submit(event)
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def _submit(self, event: Event) -> TrackResult:
+        s = self._settings
+        if self._closed:
+            return self._settle_now(
+                dropped(event, Reason.CLOSED, "the client is closed; event not sent")
+            )
+        if s.disabled:
+            return self._settle_now(
+                dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
+            )
+        if s.sync_mode:
+            return self._settle_now(self._send_now(event))
+        result = TrackResult(
+            cond=self._ledger.cond, success=True, message="queued",
+            event_id=event.event_id, event=event,
+        )  # fmt: skip
+        self._ledger.admit(result)
+        if not self._queue.put(result):
+            final = dropped(
+                event, Reason.QUEUE_FULL,
+                f"queue full (max_queue_size={s.max_queue_size}); event dropped",
+            )  # fmt: skip
+            self._finish(result, final)
+            return _returned(final, self._ledger)
+        self._worker.ensure_started()
+        return result
+
+    def _settle_now(self, final: Result) -> TrackResult:
+        """Count, report and return an event whose outcome is known in the caller's thread."""
+        self._ledger.record(final)
+        self._reporter.report(final)
+        return _returned(final, self._ledger)
+
+    # -- delivery (lane threads, or the caller's thread in sync_mode) ---------------------
+
+    def _attempt(self, event: Event) -> Reply:
+        if not self._gate.pass_through(self._stop):
+            return _STOPPED
+        reply = self._transport.send(event.path, event.body())
+        if reply.status_code == 429:
+            self._gate.block_for(reply.retry_after_s or DEFAULT_RATE_LIMIT_PAUSE_S)
+        elif reply.retry_after_s is not None and classify(reply) is None:
+            self._gate.block_for(reply.retry_after_s)  # e.g. 503 + Retry-After: server-wide
+        return reply
+
+    def _send_now(self, event: Event) -> Result:
+        reply, attempts = self._policy.run(
+            lambda: self._attempt(event), self._stop, self._gate.blocked_for
+        )
+        verdict = classify(reply)
+        if verdict is None:
+            if self._stop.is_set():
+                return dropped(event, Reason.SHUTDOWN, "the client closed before delivery")
+            verdict = (Outcome.FAILED, Reason.RETRIES_EXHAUSTED)
+        return from_reply(event, reply, verdict[0], verdict[1], attempts)
+
+    def _deliver(self, result: TrackResult) -> None:
+        assert result.event is not None
+        final = self._send_now(result.event)
+        if final.reason is Reason.SHUTDOWN:
+            return  # close() settles everything still pending, in one place
+        self._finish(result, final)
+
+    def _finish(self, result: TrackResult, final: Result) -> None:
+        if self._ledger.resolve(result, final):
+            self._queue.task_done()
+            self._reporter.report(final)
+        else:
+            logger.debug(
+                "cms_shipper: event %s ended %s after it was settled at shutdown",
+                final.event_id, final.outcome,
+            )  # fmt: skip
+
+    # -- flushing and lifecycle -------------------------------------------------------
+
+    def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
+        """Wait until every event tracked before this call has an outcome, or ``timeout_s``.
+
+        ``None`` means ``flush_timeout_s`` from the settings. Never raises.
+        """
+        budget = self._settings.flush_timeout_s if timeout_s is None else max(0.0, timeout_s)
+        mark = self._ledger.mark()
+        self._queue.wake()
+        pending = self._ledger.wait_for(mark, time.monotonic() + budget)
+        return self._flush_result(pending)
+
+    def _flush_result(self, pending: int) -> FlushResult:
+        counts = self._ledger.counts()
+        return FlushResult(
+            delivered=counts["delivered"], duplicate=counts["duplicate"],
+            rejected=counts["rejected"], failed=counts["failed"], dropped=counts["dropped"],
+            pending=pending, timed_out=pending > 0,
+        )  # fmt: skip
+
+    def close(self, timeout_s: Optional[float] = None) -> FlushResult:
+        """Flush within ``timeout_s`` (None: ``shutdown_timeout_s``), then stop; idempotent.
+
+        Events still pending at the deadline are dropped (reason ``shutdown``), counted and
+        reported in one warning line; the result shows them as ``pending``.
+        """
+        budget = self._settings.shutdown_timeout_s if timeout_s is None else max(0.0, timeout_s)
+        deadline = time.monotonic() + budget
+        with self._close_lock:
+            if self._close_result is not None:
+                return self._close_result
+            self._closed = True
+            atexit.unregister(self._exit_hook)
+            self.flush(budget)
+            in_flight = self._worker.in_flight()
+            result = self._flush_result(self._ledger.counts()["pending"])
+            self._worker.stop(max(0.0, deadline - time.monotonic()))
+            self._settle_abandoned(budget, in_flight)
+            self._transport.close()
+            self._close_result = result
+            return result
+
+    def _settle_abandoned(self, budget: float, in_flight: int) -> None:
+        abandoned = self._ledger.outstanding()
+        for result in abandoned:
+            assert result.event is not None
+            self._finish(
+                result,
+                dropped(result.event, Reason.SHUTDOWN, f"not delivered within {budget:g} s of close"),
+            )
+        if abandoned:
+            logger.warning(
+                "cms_shipper: %d event(s) not delivered within the %g s shutdown budget were "
+                "dropped (%d were in flight and may have reached the server)",
+                len(abandoned), budget, in_flight,
+            )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: counts by outcome and reason, queue depth, requests in flight."""
+        snapshot = self._ledger.snapshot()
+        snapshot["queue_depth"] = self._queue.depth()
+        snapshot["in_flight"] = self._worker.in_flight()
+        snapshot["rate_limited_for_s"] = round(self._gate.blocked_for(), 3)
+        snapshot["closed"] = self._closed
+        return snapshot
+
+
+def _customer_key(result: TrackResult) -> str:
+    assert result.event is not None
+    return result.event.customer_key
+
+
+def _returned(final: Result, ledger: Ledger) -> TrackResult:
+    """A TrackResult that already carries its final outcome."""
+    return TrackResult(cond=ledger.cond, final=final, **{k: getattr(final, k) for k in _FIELDS})
+
+
+_FIELDS = (
+    "success", "status_code", "message", "data", "error", "details", "event_id", "outcome",
+    "reason", "event",
+)  # fmt: skip
+
+
+def _make_exit_hook(client: CMSClient) -> Any:
+    """An atexit hook that holds the client weakly, so clients can still be collected."""
+    ref = weakref.ref(client)
+
+    def hook() -> None:
+        alive = ref()
+        # A forked child inherits the hook but not the threads: it has nothing to flush.
+        if alive is not None and os.getpid() == alive._pid:
+            alive.close()
+
+    return hook
