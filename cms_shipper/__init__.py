@@ -1,9 +1,9 @@
 """cms_shipper: the non-blocking CutMeShort conversion-event client.
 
-    from cms_shipper import CMSClient
-    client = CMSClient(token="...")          # or CMS_BEARER_TOKEN
-    client.track_lead("signup", "user_42", click_id="...")   # returns in microseconds
-    client.close()                            # or let the exit hook flush
+from cms_shipper import CMSClient
+client = CMSClient(token="...")          # or CMS_BEARER_TOKEN
+client.track_lead("signup", "user_42", click_id="...")   # returns in microseconds
+client.close()                            # or let the exit hook flush
 """
 
 from cms_shipper._version import __version__

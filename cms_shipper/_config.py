@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # Environment variables, each named after itself.
-CMS_BEARER_TOKEN = "CMS_BEARER_TOKEN"
+CMS_BEARER_TOKEN = "CMS_BEARER_TOKEN"  # noqa: S105  # a variable name, not a secret
 CMS_HOST = "CMS_HOST"
 CMS_DISABLED = "CMS_DISABLED"
 CMS_SYNC_MODE = "CMS_SYNC_MODE"
@@ -121,7 +121,9 @@ def _int(name: str, value: Any, minimum: int) -> int:
 def _float(name: str, value: Any, minimum: float) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value < minimum:
-        raise ConfigurationError(name, f"must be a finite number of seconds >= {minimum}, got {value!r}")
+        raise ConfigurationError(
+            name, f"must be a finite number of seconds >= {minimum}, got {value!r}"
+        )
     return float(value)
 
 
@@ -146,7 +148,9 @@ def _host(value: Optional[str]) -> str:
         return DEFAULT_HOST
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(source, f"must be an http(s) URL such as {DEFAULT_HOST}, got {value!r}")
+        raise ConfigurationError(
+            source, f"must be an http(s) URL such as {DEFAULT_HOST}, got {value!r}"
+        )
     return value.rstrip("/")
 
 
@@ -181,7 +185,9 @@ def _env_number(name: str, env_name: str, options: dict[str, Any]) -> None:
         raise ConfigurationError(env_name, f"must be a number, got {raw!r}") from None
 
 
-def resolve_settings(token: Optional[str], host: Optional[str], options: dict[str, Any]) -> Settings:
+def resolve_settings(
+    token: Optional[str], host: Optional[str], options: dict[str, Any]
+) -> Settings:
     """Validate every option and return the frozen ``Settings``; raise ``ConfigurationError``."""
     known = set(Settings.__dataclass_fields__) - {"token", "host"}
     unknown = sorted(set(options) - known)

@@ -58,7 +58,8 @@ class Ledger:
         return True
 
     def _count(self, final: Result) -> None:
-        assert final.outcome is not None
+        if final.outcome is None:
+            raise ValueError("a final Result needs an outcome")
         self._outcomes[final.outcome] += 1
         self._reasons[final.outcome, str(final.reason)] += 1
         if final.status_code is not None:

@@ -82,7 +82,7 @@ class Reporter:
 
     def __init__(self, settings: Settings, log: Optional[RateLimitedLog] = None) -> None:
         self._log = log or RateLimitedLog()
-        self._callbacks: dict[Outcome, Optional[Callable[[Any], None]]] = {
+        self._callbacks: dict[Optional[Outcome], Optional[Callable[[Any], None]]] = {
             Outcome.DELIVERED: settings.on_success,
             Outcome.DUPLICATE: settings.on_success,
             Outcome.REJECTED: settings.on_error,
@@ -92,9 +92,8 @@ class Reporter:
 
     def report(self, final: Result) -> None:
         """Log and call back; never raises (a raising callback is logged)."""
-        assert final.outcome is not None
         self._log_outcome(final)
-        callback = self._callbacks[final.outcome]
+        callback = self._callbacks.get(final.outcome) if final.outcome else None
         if callback is None:
             return
         try:
@@ -108,7 +107,8 @@ class Reporter:
 
     def _log_outcome(self, final: Result) -> None:
         outcome, reason = final.outcome, final.reason
-        if outcome is Outcome.DELIVERED or reason is Reason.DISABLED:
+        # Shutdown drops are summed up in close()'s single warning line instead.
+        if outcome is Outcome.DELIVERED or reason in (Reason.DISABLED, Reason.SHUTDOWN):
             level = logging.DEBUG
         elif outcome is Outcome.DUPLICATE:
             level = logging.INFO

@@ -54,9 +54,7 @@ def _retryable(reply: Reply) -> bool:
 class _WaitWithFloor:
     """Full-jitter exponential backoff that never undercuts Retry-After or the gate's blackout."""
 
-    def __init__(
-        self, initial_s: float, max_s: float, floor: Callable[[], float]
-    ) -> None:
+    def __init__(self, initial_s: float, max_s: float, floor: Callable[[], float]) -> None:
         self._jitter = wait_random_exponential(multiplier=initial_s, max=max_s)
         self._floor = floor
 
@@ -76,7 +74,7 @@ class RetryPolicy:
         max_elapsed_s: float,
         initial_backoff_s: float,
         max_backoff_s: float,
-        sleep: Optional[Callable[[float], object]] = None,
+        sleep: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.max_attempts = max_attempts
         self.max_elapsed_s = max_elapsed_s
@@ -118,13 +116,22 @@ class RetryPolicy:
             ),
             wait=_WaitWithFloor(self.initial_backoff_s, self.max_backoff_s, floor),
             retry=retry_if_result(_retryable),
-            sleep=self._sleep if self._sleep is not None else stop.wait,
+            sleep=self._sleep if self._sleep is not None else _interruptible(stop),
             before_sleep=_log_retry,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
             reraise=True,
         )
         reply: Reply = retrying(counted)
         return reply, attempts
+
+
+def _interruptible(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep that ends as soon as ``stop`` is set (close() cuts backoff short)."""
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
 
 
 def _log_retry(state: RetryCallState) -> None:

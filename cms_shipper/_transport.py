@@ -16,8 +16,8 @@ from typing import Any, NamedTuple, Optional
 import requests
 from requests.adapters import HTTPAdapter
 
-from cms_shipper._version import __version__
 from cms_shipper._config import Secret
+from cms_shipper._version import __version__
 
 __all__ = ["Reply", "Transport", "parse_retry_after"]
 
@@ -80,7 +80,9 @@ class Transport:
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-            session.headers["User-Agent"] = f"cms-shipper/{__version__} {session.headers['User-Agent']}"
+            session.headers["User-Agent"] = (
+                f"cms-shipper/{__version__} {requests.utils.default_user_agent()}"
+            )
             if self._token is not None:
                 session.headers["Authorization"] = "Bearer " + self._token.reveal()
             self._local.session = session

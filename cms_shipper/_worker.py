@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 import time
+from collections import deque
 from typing import Callable, Generic, Optional, TypeVar
 
 from cms_shipper._queue import EventQueue

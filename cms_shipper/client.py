@@ -201,8 +201,7 @@ class CMSClient:
         return from_reply(event, reply, verdict[0], verdict[1], attempts)
 
     def _deliver(self, result: TrackResult) -> None:
-        assert result.event is not None
-        final = self._send_now(result.event)
+        final = self._send_now(_event_of(result))
         if final.reason is Reason.SHUTDOWN:
             return  # close() settles everything still pending, in one place
         self._finish(result, final)
@@ -262,12 +261,9 @@ class CMSClient:
 
     def _settle_abandoned(self, budget: float, in_flight: int) -> None:
         abandoned = self._ledger.outstanding()
+        message = f"not delivered within {budget:g} s of close"
         for result in abandoned:
-            assert result.event is not None
-            self._finish(
-                result,
-                dropped(result.event, Reason.SHUTDOWN, f"not delivered within {budget:g} s of close"),
-            )
+            self._finish(result, dropped(_event_of(result), Reason.SHUTDOWN, message))
         if abandoned:
             logger.warning(
                 "cms_shipper: %d event(s) not delivered within the %g s shutdown budget were "
@@ -285,9 +281,15 @@ class CMSClient:
         return snapshot
 
 
+def _event_of(result: TrackResult) -> Event:
+    """The event of a queued result (only valid events are ever queued)."""
+    if result.event is None:
+        raise TypeError("only results that carry an event are queued")
+    return result.event
+
+
 def _customer_key(result: TrackResult) -> str:
-    assert result.event is not None
-    return result.event.customer_key
+    return _event_of(result).customer_key
 
 
 def _returned(final: Result, ledger: Ledger) -> TrackResult:
