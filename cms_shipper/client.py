@@ -6,6 +6,7 @@ worker delivers in the background. Only this module knows all the pieces.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import os
@@ -42,16 +43,31 @@ class CMSClient:
     def __init__(self, token: Optional[str] = None, host: Optional[str] = None, **options: Any):
         self._settings: Settings = resolve_settings(token, host, options)
         s = self._settings
-        self._ledger = Ledger()
-        self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
-        self._stop = threading.Event()
-        self._gate = Gate(s.max_requests_per_minute)
         self._policy = RetryPolicy(
             max_attempts=s.retry_max_attempts,
             max_elapsed_s=s.retry_max_elapsed_s,
             initial_backoff_s=s.retry_initial_backoff_s,
             max_backoff_s=s.retry_max_backoff_s,
         )
+        self._closed = False
+        self._start_fresh()
+        self._exit_hook = _make_exit_hook(self)
+        atexit.register(self._exit_hook)
+        _LIVE_CLIENTS.add(self)
+
+    def _start_fresh(self) -> None:
+        """Build the per-process machinery: at construction, and again in a forked child.
+
+        A child inherits copies of the parent's queue, locks (possibly held) and the
+        threads' state, but not the threads: it gets new ones, started lazily. The events
+        the parent had queued stay the parent's to deliver.
+        """
+        s = self._settings
+        self._pid = os.getpid()
+        self._ledger = Ledger()
+        self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
+        self._stop = threading.Event()
+        self._gate = Gate(s.max_requests_per_minute)
         self._transport = Transport(s.host, s.token, s.connect_timeout_s, s.read_timeout_s)
         self._worker: Worker[TrackResult] = Worker(
             self._queue,
@@ -65,14 +81,15 @@ class CMSClient:
         self._log = RateLimitedLog()
         self._reporter = Reporter(s, self._log)
         self._ids = itertools.count(1)
-        # Random per client: ids stay unique across processes without a uuid4 per event.
+        # Random per client and process: ids stay unique across processes without paying
+        # for a uuid4 on every event.
         self._id_prefix = f"evt_{secrets.token_hex(6)}_"
-        self._closed = False
         self._close_lock = threading.Lock()
         self._close_result: Optional[FlushResult] = None
-        self._pid = os.getpid()
-        self._exit_hook = _make_exit_hook(self)
-        atexit.register(self._exit_hook)
+
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._start_fresh()
 
     @property
     def settings(self) -> Settings:
@@ -146,6 +163,9 @@ class CMSClient:
 
     def _submit(self, event: Event) -> TrackResult:
         s = self._settings
+        if self._pid != os.getpid():
+            # Some servers fork without running os.register_at_fork hooks.
+            self._after_fork()
         if self._closed:
             return self._settle_now(
                 dropped(event, Reason.CLOSED, "the client is closed; event not sent")
@@ -271,6 +291,14 @@ class CMSClient:
                 len(abandoned), budget, in_flight,
             )  # fmt: skip
 
+    async def aflush(self, timeout_s: Optional[float] = None) -> FlushResult:
+        """``flush`` for async code: waits in a worker thread, never blocking the event loop."""
+        return await asyncio.to_thread(self.flush, timeout_s)
+
+    async def aclose(self, timeout_s: Optional[float] = None) -> FlushResult:
+        """``close`` for async code: waits in a worker thread, never blocking the event loop."""
+        return await asyncio.to_thread(self.close, timeout_s)
+
     def stats(self) -> dict[str, Any]:
         """A snapshot: counts by outcome and reason, queue depth, requests in flight."""
         snapshot = self._ledger.snapshot()
@@ -301,6 +329,18 @@ _FIELDS = (
     "success", "status_code", "message", "data", "error", "details", "event_id", "outcome",
     "reason", "event",
 )  # fmt: skip
+
+
+_LIVE_CLIENTS: weakref.WeakSet[CMSClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # absent on Windows, where there is no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _make_exit_hook(client: CMSClient) -> Any:

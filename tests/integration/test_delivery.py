@@ -186,3 +186,32 @@ def test_the_token_never_appears_in_logs_results_or_reprs(
     texts += [r.getMessage() for r in caplog.records]
     assert not [t for t in texts if secret in t]
     assert secret != TOKEN
+
+
+def test_aflush_and_aclose_do_not_block_the_event_loop(
+    cms_emulator: Emulator, make_client: ClientFactory
+) -> None:
+    import asyncio
+
+    cms_emulator.configure(latency_s=0.3)
+    client = make_client()
+
+    async def scenario() -> tuple[int, bool]:
+        client.track_lead("s", "u1", click_id="c")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        flushed = await client.aflush(10.0)
+        closed = await client.aclose(5.0)
+        task.cancel()
+        return ticks, bool(flushed) and bool(closed)
+
+    ticks, ok = asyncio.run(scenario())
+    assert ok and len(cms_emulator.events) == 1
+    assert ticks >= 5  # the loop kept running during the 0.3 s flush
