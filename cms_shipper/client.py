@@ -186,7 +186,7 @@ class CMSClient:
                 event, Reason.QUEUE_FULL,
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
             )  # fmt: skip
-            self._finish(result, final)
+            self._finish(result, final, queued=False)
             return _returned(final, self._ledger)
         self._worker.ensure_started()
         return result
@@ -226,9 +226,10 @@ class CMSClient:
             return  # close() settles everything still pending, in one place
         self._finish(result, final)
 
-    def _finish(self, result: TrackResult, final: Result) -> None:
+    def _finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> None:
         if self._ledger.resolve(result, final):
-            self._queue.task_done()
+            if queued:  # only a queued event holds a queue slot to give back
+                self._queue.task_done()
             self._reporter.report(final)
         else:
             logger.debug(
