@@ -1,0 +1,54 @@
+"""The emulator's adjustable behaviour (auth, rate limit, injected faults), validated."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the emulator enforces and which faults it injects; replaced whole on change."""
+
+    # repr=False: the token must never show up in a repr, a log line or a test failure.
+    token: Optional[str] = field(default="test-token", repr=False)
+    rate_limit: Optional[int] = None
+    rate_limit_window_s: float = 60.0
+    latency_s: float = 0.0
+    error_rate: float = 0.0
+    error_status: int = 503
+    retry_after_s: Optional[float] = None
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.token is not None and (not isinstance(self.token, str) or not self.token):
+            raise ValueError("token must be a non-empty string, or None to accept any token")
+        if self.rate_limit is not None and (
+            isinstance(self.rate_limit, bool) or not isinstance(self.rate_limit, int)
+            or self.rate_limit < 1
+        ):  # fmt: skip
+            raise ValueError(f"rate_limit must be None or an int >= 1, got {self.rate_limit!r}")
+        _positive("rate_limit_window_s", self.rate_limit_window_s, allow_zero=False)
+        _positive("latency_s", self.latency_s, allow_zero=True)
+        if not (isinstance(self.error_rate, (int, float)) and 0.0 <= self.error_rate <= 1.0):
+            raise ValueError(f"error_rate must be within [0, 1], got {self.error_rate!r}")
+        if not (isinstance(self.error_status, int) and 400 <= self.error_status <= 599):
+            raise ValueError(f"error_status must be within [400, 599], got {self.error_status!r}")
+        if self.retry_after_s is not None:
+            _positive("retry_after_s", self.retry_after_s, allow_zero=True)
+
+    def retry_after_header(self) -> tuple[tuple[str, str], ...]:
+        """The Retry-After header for injected errors and outages, if one is configured."""
+        if self.retry_after_s is None:
+            return ()
+        return (("Retry-After", str(math.ceil(self.retry_after_s))),)
+
+
+def _positive(name: str, value: float, *, allow_zero: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
