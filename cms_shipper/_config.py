@@ -21,7 +21,9 @@ __all__ = [
     "CMS_HOST",
     "CMS_MAX_REQUESTS_PER_MINUTE",
     "CMS_SHUTDOWN_TIMEOUT_S",
+    "CMS_SPOOL_PATH",
     "CMS_SYNC_MODE",
+    "CMS_WRITE_AHEAD",
     "DEFAULT_HOST",
     "Secret",
     "Settings",
@@ -35,6 +37,8 @@ CMS_DISABLED = "CMS_DISABLED"
 CMS_SYNC_MODE = "CMS_SYNC_MODE"
 CMS_SHUTDOWN_TIMEOUT_S = "CMS_SHUTDOWN_TIMEOUT_S"
 CMS_MAX_REQUESTS_PER_MINUTE = "CMS_MAX_REQUESTS_PER_MINUTE"
+CMS_SPOOL_PATH = "CMS_SPOOL_PATH"
+CMS_WRITE_AHEAD = "CMS_WRITE_AHEAD"
 
 DEFAULT_HOST = "https://api.cme.sh"
 
@@ -83,6 +87,11 @@ class Settings:
     on_drop: Optional[Callback] = None
     sync_mode: bool = False
     disabled: bool = False
+    spool_path: Optional[str] = None
+    spool_max_bytes: int = 50 * 2**20
+    write_ahead: bool = False
+    spool_replay_interval_s: float = 5.0
+    spool_lease_s: float = 60.0
 
 
 _INTS = {  # name -> smallest allowed value
@@ -90,6 +99,7 @@ _INTS = {  # name -> smallest allowed value
     "batch_size": 1,
     "max_concurrent_requests": 1,
     "retry_max_attempts": 1,
+    "spool_max_bytes": 64 * 1024,
 }
 _FLOATS = {  # name -> smallest allowed value
     "flush_interval_s": 0.001,
@@ -100,9 +110,11 @@ _FLOATS = {  # name -> smallest allowed value
     "read_timeout_s": 0.001,
     "shutdown_timeout_s": 0.0,
     "flush_timeout_s": 0.0,
+    "spool_replay_interval_s": 0.01,
+    "spool_lease_s": 0.1,
 }
 _CALLBACKS = ("on_success", "on_error", "on_drop")
-_FLAGS = {"sync_mode": CMS_SYNC_MODE, "disabled": CMS_DISABLED}
+_FLAGS = {"sync_mode": CMS_SYNC_MODE, "disabled": CMS_DISABLED, "write_ahead": CMS_WRITE_AHEAD}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -172,6 +184,22 @@ def _token(value: Optional[str], disabled: bool) -> Optional[Secret]:
     return Secret(value.strip())
 
 
+def _spool_path(value: Any, write_ahead: bool) -> Optional[str]:
+    source = "spool_path"
+    if value is None:
+        value, source = _env(CMS_SPOOL_PATH), CMS_SPOOL_PATH
+    if value is None:
+        if write_ahead:
+            raise ConfigurationError("write_ahead", "needs a spool: pass spool_path=... too")
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigurationError(source, f"must be a file path, got {value!r}")
+    path = os.path.abspath(os.fspath(value))
+    if not os.path.isdir(os.path.dirname(path)):
+        raise ConfigurationError(source, f"directory {os.path.dirname(path)!r} does not exist")
+    return path
+
+
 def _env_number(name: str, env_name: str, options: dict[str, Any]) -> None:
     """Fill ``options[name]`` from ``env_name`` when the argument was not given."""
     if name in options:
@@ -208,6 +236,7 @@ def resolve_settings(
         options["max_requests_per_minute"] = _int(
             "max_requests_per_minute", options["max_requests_per_minute"], 1
         )
+    options["spool_path"] = _spool_path(options.get("spool_path"), options["write_ahead"])
     for name in _CALLBACKS:
         if options.get(name) is not None and not callable(options[name]):
             raise ConfigurationError(name, f"must be callable or None, got {options[name]!r}")

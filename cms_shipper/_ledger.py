@@ -2,7 +2,8 @@
 
 Guarantee 4 lives here: an event is admitted once and resolved once (the first
 resolution wins, later ones are ignored and reported as such), so
-tracked = delivered + duplicate + rejected + failed + dropped + pending always holds.
+tracked + replayed = delivered + duplicate + rejected + failed + dropped + spooled + pending
+always holds (``replayed`` counts events this process took from the on-disk spool).
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ class Ledger:
         self._outstanding: OrderedDict[int, TrackResult] = OrderedDict()
         self._seq = 0
         self._tracked = 0
+        self._replayed = 0
         self._outcomes: Counter[Outcome] = Counter()
         self._reasons: Counter[tuple[Outcome, str]] = Counter()
         self._statuses: Counter[int] = Counter()
 
-    def admit(self, result: TrackResult) -> None:
-        """Count a tracked event that is now pending."""
+    def admit(self, result: TrackResult, *, replayed: bool = False) -> None:
+        """Count a tracked (or replayed from the spool) event that is now pending."""
         with self._lock:
             self._seq += 1
-            self._tracked += 1
+            if replayed:
+                self._replayed += 1
+            else:
+                self._tracked += 1
             self._outstanding[self._seq] = result
             result._seq = self._seq
 
@@ -103,6 +108,7 @@ class Ledger:
         with self._lock:
             out = {outcome.value: self._outcomes[outcome] for outcome in Outcome}
             out["tracked"] = self._tracked
+            out["replayed"] = self._replayed
             out["pending"] = len(self._outstanding)
             return out
 

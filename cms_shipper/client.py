@@ -255,7 +255,7 @@ class CMSClient:
         return FlushResult(
             delivered=counts["delivered"], duplicate=counts["duplicate"],
             rejected=counts["rejected"], failed=counts["failed"], dropped=counts["dropped"],
-            pending=pending, timed_out=pending > 0,
+            pending=pending, timed_out=pending > 0, spooled=counts["spooled"],
         )  # fmt: skip
 
     def close(self, timeout_s: Optional[float] = None) -> FlushResult:

@@ -27,6 +27,7 @@ class Outcome(str, enum.Enum):
     REJECTED = "rejected"  # invalid here (422) or refused by the server (4xx); never retried
     FAILED = "failed"  # retries exhausted, or a server answer we cannot act on
     DROPPED = "dropped"  # never sent: queue full, client closed, shutdown deadline, disabled
+    SPOOLED = "spooled"  # not sent yet, saved in the on-disk spool for a later replay
 
     def __str__(self) -> str:
         return self.value
@@ -45,6 +46,7 @@ class Reason(str, enum.Enum):
     CLOSED = "closed"
     SHUTDOWN = "shutdown"
     DISABLED = "disabled"
+    SPOOL_FULL = "spool_full"
 
     def __str__(self) -> str:
         return self.value
@@ -198,6 +200,7 @@ class FlushResult:
     dropped: int
     pending: int
     timed_out: bool
+    spooled: int = 0
 
     def __bool__(self) -> bool:
         return self.pending == 0

@@ -61,6 +61,6 @@ def unused_port() -> int:
 
 
 def adds_up(stats: dict[str, Any]) -> bool:
-    """tracked = delivered + duplicate + rejected + failed + dropped + pending."""
-    parts = ("delivered", "duplicate", "rejected", "failed", "dropped", "pending")
-    return stats["tracked"] == sum(stats[p] for p in parts)
+    """tracked + replayed = delivered + duplicate + rejected + failed + dropped + spooled + pending."""
+    parts = ("delivered", "duplicate", "rejected", "failed", "dropped", "spooled", "pending")
+    return stats["tracked"] + stats["replayed"] == sum(stats[p] for p in parts)
