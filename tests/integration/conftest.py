@@ -61,6 +61,6 @@ def unused_port() -> int:
 
 
 def adds_up(stats: dict[str, Any]) -> bool:
-    """tracked + replayed = delivered + duplicate + rejected + failed + dropped + spooled + pending."""
+    """tracked + replayed = every outcome (spooled included) + pending."""
     parts = ("delivered", "duplicate", "rejected", "failed", "dropped", "spooled", "pending")
     return stats["tracked"] + stats["replayed"] == sum(stats[p] for p in parts)
