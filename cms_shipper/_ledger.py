@@ -4,10 +4,16 @@ Guarantee 4 lives here: an event is admitted once and resolved once (the first
 resolution wins, later ones are ignored and reported as such), so
 tracked + replayed = delivered + duplicate + rejected + failed + dropped + spooled + pending
 always holds (``replayed`` counts events this process took from the on-disk spool).
+
+``admit`` runs in the caller's thread and takes no lock (see ``_queue`` for why): the
+sequence number comes from ``itertools.count`` and the insertion is one ``OrderedDict``
+store, both atomic under the GIL. Everything else runs under ``_lock``; readers copy the
+keys in one C-level call instead of iterating while callers may insert.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -27,28 +33,27 @@ class Ledger:
         # (no per-event lock) at the cost of waking all waiters on each resolution.
         self.cond = threading.Condition(self._lock)
         self._outstanding: OrderedDict[int, TrackResult] = OrderedDict()
-        self._seq = 0
-        self._tracked = 0
+        self._seqs = itertools.count(1)
+        self._recorded = 0  # tracked events that got their outcome at once
+        self._resolved = 0  # admitted events that got their outcome since
         self._replayed = 0
         self._outcomes: Counter[Outcome] = Counter()
         self._reasons: Counter[tuple[Outcome, str]] = Counter()
         self._statuses: Counter[int] = Counter()
 
     def admit(self, result: TrackResult, *, replayed: bool = False) -> None:
-        """Count a tracked (or replayed from the spool) event that is now pending."""
-        with self._lock:
-            self._seq += 1
-            if replayed:
+        """Count a tracked (or replayed from the spool) event that is now pending. Lock-free."""
+        seq = next(self._seqs)
+        result._seq = seq
+        self._outstanding[seq] = result
+        if replayed:
+            with self._lock:  # the replay thread, never a caller
                 self._replayed += 1
-            else:
-                self._tracked += 1
-            self._outstanding[self._seq] = result
-            result._seq = self._seq
 
     def record(self, final: Result) -> None:
         """Count a tracked event that got its outcome at once (invalid, dropped, sync)."""
         with self._lock:
-            self._tracked += 1
+            self._recorded += 1
             self._count(final)
 
     def resolve(self, result: TrackResult, final: Result) -> bool:
@@ -58,6 +63,7 @@ class Ledger:
                 return False
             result._final = final
             self._outstanding.pop(result._seq, None)
+            self._resolved += 1
             self._count(final)
             self.cond.notify_all()
         return True
@@ -70,46 +76,42 @@ class Ledger:
         if final.status_code is not None:
             self._statuses[final.status_code] += 1
 
-    def mark(self) -> int:
-        """A mark for ``wait_for``: every event admitted so far."""
-        return self._seq
+    def mark(self) -> list[int]:
+        """A mark for ``wait_for``: the events pending now (admitted before this call)."""
+        return list(self._outstanding)  # one C-level copy: no Python code runs in between
 
-    def _pending_up_to(self, mark: int) -> int:
-        count = 0
-        for seq in self._outstanding:  # admission order, so stop at the first newer one
-            if seq > mark:
-                break
-            count += 1
-        return count
-
-    def wait_for(self, mark: int, deadline: Optional[float]) -> int:
-        """Wait until every event admitted up to ``mark`` has an outcome, or ``deadline``.
+    def wait_for(self, mark: list[int], deadline: Optional[float]) -> int:
+        """Wait until every event in ``mark`` has an outcome, or ``deadline``.
 
         ``deadline`` is a ``time.monotonic()`` value (None: no bound). Returns how many of
         those events are still pending.
         """
+        index = 0  # events resolve mostly in order: scan forward, amortized O(len(mark))
         with self._lock:
             while True:
-                oldest = next(iter(self._outstanding), None)
-                if oldest is None or oldest > mark:
+                outstanding = self._outstanding
+                while index < len(mark) and mark[index] not in outstanding:
+                    index += 1
+                if index == len(mark):
                     return 0
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return self._pending_up_to(mark)
+                    return sum(1 for seq in mark[index:] if seq in outstanding)
                 self.cond.wait(remaining)
 
     def outstanding(self) -> list[TrackResult]:
         """The events still pending, oldest first."""
-        with self._lock:
-            return list(self._outstanding.values())
+        return list(self._outstanding.values())
 
     def counts(self) -> dict[str, int]:
-        """Outcome counts and ``tracked``/``pending`` totals."""
+        """Outcome counts and ``tracked``/``replayed``/``pending`` totals."""
         with self._lock:
+            pending = len(self._outstanding)
             out = {outcome.value: self._outcomes[outcome] for outcome in Outcome}
-            out["tracked"] = self._tracked
+            admitted = self._resolved + pending
+            out["tracked"] = self._recorded + admitted - self._replayed
             out["replayed"] = self._replayed
-            out["pending"] = len(self._outstanding)
+            out["pending"] = pending
             return out
 
     def snapshot(self) -> dict[str, Any]:
