@@ -1,0 +1,152 @@
+"""The ``cms-shipper`` command line: send one event, run the emulator, run the demo.
+
+The token is read from ``CMS_BEARER_TOKEN`` or ``--token-file``, never from a flag: a flag
+would show in ``ps`` and in shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional
+
+from cms_shipper._config import CMS_BEARER_TOKEN, CMS_HOST
+from cms_shipper._version import __version__
+from cms_shipper.client import CMSClient
+from cms_shipper.errors import ConfigurationError
+from cms_shipper.results import Outcome, Result
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_OPTIONAL = ("click_id", "customer_name", "customer_email", "customer_avatar", "timestamp")
+
+
+def _add_send_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--event-name", required=True)
+    parser.add_argument("--customer-external-id", required=True)
+    for name in _OPTIONAL:
+        parser.add_argument("--" + name.replace("_", "-"))
+    parser.add_argument("--host", help=f"API base URL (default: ${CMS_HOST}, else the public API)")
+    parser.add_argument(
+        "--token-file", help=f"read the bearer token from this file (default: ${CMS_BEARER_TOKEN})"
+    )
+    parser.add_argument(
+        "--timeout-s", type=float, default=15.0, help="give up after about this long (default 15)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cms-shipper", description="CutMeShort conversion events from the command line."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lead = commands.add_parser("lead", help="send one lead event and print the result as JSON")
+    _add_send_options(lead)
+    lead.add_argument("--mode", choices=["deferred"])
+
+    sale = commands.add_parser("sale", help="send one sale event and print the result as JSON")
+    _add_send_options(sale)
+    sale.add_argument("--invoice-id", required=True)
+    sale.add_argument("--amount", type=int, required=True, help="in cents: 4999 = 49.99")
+    sale.add_argument("--currency", required=True, help="3 letters, e.g. USD")
+
+    emulator = commands.add_parser("emulator", help="run the local CutMeShort API emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8787)
+    emulator.add_argument("--token", default="test-token", help="the token it accepts")
+    emulator.add_argument("--any-token", action="store_true", help="accept any bearer token")
+    emulator.add_argument("--rate-limit", type=int, help="requests per window, then 429")
+    emulator.add_argument("--rate-limit-window-s", type=float, default=60.0)
+    emulator.add_argument("--latency-ms", type=float, default=0.0)
+    emulator.add_argument("--error-rate", type=float, default=0.0, help="0..1")
+    emulator.add_argument("--error-status", type=int, default=503)
+    emulator.add_argument("--seed", type=int)
+
+    demo = commands.add_parser("demo", help="a tour: emulated API with faults, a realistic mix")
+    demo.add_argument("--events", type=int, default=400, help="events to track (default 400)")
+    demo.add_argument("--threads", type=int, default=4, help="caller threads (default 4)")
+    demo.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def _token(args: argparse.Namespace) -> Optional[str]:
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return None  # the client reads CMS_BEARER_TOKEN itself
+
+
+def _send(args: argparse.Namespace) -> int:
+    budget = max(1.0, args.timeout_s)
+    client = CMSClient(
+        token=_token(args), host=args.host, sync_mode=True,
+        retry_max_attempts=4, retry_max_elapsed_s=budget / 2,
+        connect_timeout_s=min(5.0, budget / 4), read_timeout_s=min(10.0, budget / 4),
+    )  # fmt: skip
+    fields: dict[str, Any] = {name: getattr(args, name) for name in _OPTIONAL}
+    if args.command == "lead":
+        result = client.track_lead(
+            args.event_name, args.customer_external_id, mode=args.mode, **fields
+        )
+    else:
+        result = client.track_sale(
+            args.event_name, args.customer_external_id, args.invoice_id, args.amount,
+            args.currency, **fields,
+        )  # fmt: skip
+    client.close(1.0)
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+    return EXIT_OK if _succeeded(result) else EXIT_FAILED
+
+
+def _succeeded(result: Result) -> bool:
+    return result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE)
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from cms_shipper.emulator import Emulator  # noqa: PLC0415  # only this command needs it
+
+    emulator = Emulator(
+        token=None if args.any_token else args.token, host=args.host, port=args.port,
+        rate_limit=args.rate_limit, rate_limit_window_s=args.rate_limit_window_s,
+        latency_s=args.latency_ms / 1000.0, error_rate=args.error_rate,
+        error_status=args.error_status, seed=args.seed,
+    )  # fmt: skip
+    emulator.start()
+    token = "any token" if args.any_token else args.token
+    print(
+        f"CutMeShort emulator on {emulator.url} (accepts {token}); point a client at it with:\n"
+        f"  export {CMS_HOST}={emulator.url} {CMS_BEARER_TOKEN}={args.token}\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    emulator.run_forever()  # already started (to know the port); serves until Ctrl-C
+    return EXIT_OK
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("lead", "sale"):
+            return _send(args)
+        if args.command == "emulator":
+            return _emulator(args)
+        from cms_shipper._demo import run_demo  # noqa: PLC0415  # only this command needs it
+
+        return run_demo(events=args.events, threads=args.threads, seed=args.seed)
+    except ConfigurationError as exc:
+        print(f"cms-shipper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        print(f"cms-shipper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

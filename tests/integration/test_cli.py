@@ -1,0 +1,140 @@
+"""The command line in real subprocesses, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from cms_shipper.emulator import Emulator
+
+from .conftest import TOKEN, unused_port
+
+LEAD = [
+    "lead",
+    "--event-name",
+    "signup",
+    "--customer-external-id",
+    "user_42",
+    "--click-id",
+    "clk_1",
+]
+SALE = ["sale", "--event-name", "purchase", "--customer-external-id", "user_42",
+        "--invoice-id", "inv_1", "--currency", "usd", "--click-id", "clk_1"]  # fmt: skip
+
+
+def cli(
+    *args: str, token: str | None = TOKEN, host: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    if token is not None:
+        env["CMS_BEARER_TOKEN"] = token
+    if host is not None:
+        env["CMS_HOST"] = host
+    done = subprocess.run(
+        [sys.executable, "-m", "cms_shipper", *args],
+        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return done
+
+
+def test_lead_prints_the_result_and_exits_zero(cms_emulator: Emulator) -> None:
+    done = cli(*LEAD, host=cms_emulator.url)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["success"] is True and answer["status_code"] == 200
+    assert answer["outcome"] == "delivered"
+    assert cms_emulator.events[0].payload["clickId"] == "clk_1"
+    assert TOKEN not in done.stdout + done.stderr
+
+
+def test_sale_then_the_same_invoice_is_a_duplicate(cms_emulator: Emulator) -> None:
+    assert cli(*SALE, "--amount", "4999", host=cms_emulator.url).returncode == 0
+    again = cli(*SALE, "--amount", "4999", host=cms_emulator.url)
+    assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "duplicate"
+    assert cms_emulator.events[0].payload["amount"] == 4999
+    assert cms_emulator.events[0].payload["currency"] == "USD"
+
+
+def test_invalid_input_exits_one_with_a_422_naming_the_field(cms_emulator: Emulator) -> None:
+    done = cli(*LEAD, "--customer-email", "not-an-email", host=cms_emulator.url)
+    assert done.returncode == 1
+    answer = json.loads(done.stdout)
+    assert answer["status_code"] == 422 and "customer_email" in answer["details"]
+    assert cms_emulator.requests == []
+
+
+def test_amount_must_be_whole_cents_on_the_command_line_too(cms_emulator: Emulator) -> None:
+    done = cli(*SALE, "--amount", "49.99", host=cms_emulator.url)
+    assert done.returncode == 2 and "--amount" in done.stderr
+
+
+def test_wrong_token_exits_one_with_401(cms_emulator: Emulator) -> None:
+    done = cli(*LEAD, token="wrong-token", host=cms_emulator.url)
+    assert done.returncode == 1 and json.loads(done.stdout)["status_code"] == 401
+
+
+def test_token_file(cms_emulator: Emulator, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    done = cli(*LEAD, "--token-file", str(token_file), token=None, host=cms_emulator.url)
+    assert done.returncode == 0, done.stderr
+
+
+def test_missing_token_exits_two_naming_the_variable() -> None:
+    done = cli(*LEAD, token=None, host="http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert "CMS_BEARER_TOKEN" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_server_down_exits_one_within_the_timeout() -> None:
+    started = time.monotonic()
+    done = cli(*LEAD, "--timeout-s", "2", host=f"http://127.0.0.1:{unused_port()}")
+    assert done.returncode == 1 and json.loads(done.stdout)["outcome"] == "failed"
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("command", [[], ["lead"], ["sale"], ["emulator"], ["demo"]])
+def test_help_everywhere(command: list[str]) -> None:
+    done = cli(*command, "--help")
+    assert done.returncode == 0 and "usage: cms-shipper" in done.stdout
+
+
+def test_emulator_command_serves_until_stopped() -> None:
+    port = unused_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cms_shipper", "emulator", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/_emulator/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the emulator did not come up"
+                time.sleep(0.05)
+        body = {"eventName": "signup", "customerExternalId": "u1", "clickId": "c1"}
+        answer = requests.post(url + "/track/lead", json=body, timeout=5,
+                               headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert answer.status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in out and "CMS_HOST" in out
+
+
+def test_demo_runs_and_its_books_add_up() -> None:
+    done = cli("demo", "--events", "120", token=None, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Accounting: tracked = sum of outcomes: yes" in done.stdout
+    assert "Per-customer order in the API's record: held" in done.stdout
+    assert "p99" in done.stdout
