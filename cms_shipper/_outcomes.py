@@ -110,7 +110,7 @@ class Reporter:
         # Shutdown drops are summed up in close()'s single warning line instead.
         if outcome is Outcome.DELIVERED or reason in (Reason.DISABLED, Reason.SHUTDOWN):
             level = logging.DEBUG
-        elif outcome is Outcome.DUPLICATE:
+        elif outcome in (Outcome.DUPLICATE, Outcome.SPOOLED):
             level = logging.INFO
         else:
             level = logging.WARNING

@@ -24,6 +24,7 @@ from cms_shipper._outcomes import Reporter, dropped, from_reply, invalid
 from cms_shipper._pacing import Gate
 from cms_shipper._queue import EventQueue
 from cms_shipper._retry import RetryPolicy, classify
+from cms_shipper._spooling import Replayer, SpoolKeeper
 from cms_shipper._transport import Reply, Transport
 from cms_shipper._worker import Worker
 from cms_shipper.errors import ValidationError
@@ -50,10 +51,16 @@ class CMSClient:
             max_backoff_s=s.retry_max_backoff_s,
         )
         self._closed = False
+        self._keeper: Optional[SpoolKeeper] = None
+        if s.spool_path and not s.disabled:
+            self._keeper = SpoolKeeper(s, RateLimitedLog())
         self._start_fresh()
         self._exit_hook = _make_exit_hook(self)
         atexit.register(self._exit_hook)
         _LIVE_CLIENTS.add(self)
+        if self._replayer is not None:
+            # Eagerly: a process that only opens the client still delivers the backlog.
+            self._replayer.ensure_started()
 
     def _start_fresh(self) -> None:
         """Build the per-process machinery: at construction, and again in a forked child.
@@ -86,9 +93,16 @@ class CMSClient:
         self._id_prefix = f"evt_{secrets.token_hex(6)}_"
         self._close_lock = threading.Lock()
         self._close_result: Optional[FlushResult] = None
+        self._replayer: Optional[Replayer] = None
+        if self._keeper is not None and self._keeper.enabled:
+            self._replayer = Replayer(
+                self._keeper, self._submit_replayed, self._room, s.spool_replay_interval_s
+            )
 
     def _after_fork(self) -> None:
         if self._pid != os.getpid():
+            if self._keeper is not None:
+                self._keeper.reopen()  # a SQLite connection must not cross a fork
             self._start_fresh()
 
     @property
@@ -175,21 +189,47 @@ class CMSClient:
                 dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
             )
         if s.sync_mode:
-            return self._settle_now(self._send_now(event))
+            final = self._send_now(event)
+            if self._keeper is not None:
+                receipt = TrackResult(
+                    cond=None, success=False, event_id=event.event_id, event=event
+                )
+                final = self._keeper.settle([receipt], [final])[0]
+            return self._settle_now(final)
         result = TrackResult(
             cond=self._ledger.cond, success=True, message="queued",
             event_id=event.event_id, event=event,
         )  # fmt: skip
         self._ledger.admit(result)
+        if s.write_ahead and self._keeper is not None:
+            self._keeper.write_ahead(result)  # on disk before track_* returns
         if not self._queue.put(result):
             final = dropped(
                 event, Reason.QUEUE_FULL,
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
             )  # fmt: skip
-            self._finish(result, final, queued=False)
+            final = self._finish(result, final, queued=False)  # spooled, with a spool
             return _returned(final, self._ledger)
         self._worker.ensure_started()
+        if self._replayer is not None:
+            self._replayer.ensure_started()  # in a forked child, replay starts here
         return result
+
+    def _submit_replayed(self, event: Event) -> None:
+        """Feed an event claimed from the spool into the pipeline (the replay thread)."""
+        result = TrackResult(
+            cond=self._ledger.cond, success=True, message="replayed",
+            event_id=event.event_id, event=event,
+        )  # fmt: skip
+        result._in_spool = True
+        self._ledger.admit(result, replayed=True)
+        if not self._queue.put(result):
+            self._finish(result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False)
+            return
+        self._worker.ensure_started()
+
+    def _room(self) -> int:
+        return self._settings.max_queue_size - self._queue.unfinished()
 
     def _settle_now(self, final: Result) -> TrackResult:
         """Count, report and return an event whose outcome is known in the caller's thread."""
@@ -226,7 +266,12 @@ class CMSClient:
             return  # close() settles everything still pending, in one place
         self._finish(result, final)
 
-    def _finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> None:
+    def _finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> Result:
+        """Settle one event (spool, books, callback); returns the outcome recorded."""
+        if self._keeper is not None:
+            # Also for an event already settled at shutdown: a late delivery removes the
+            # row that shutdown spooled, so a replay does not send it twice.
+            final = self._keeper.settle([result], [final])[0]
         if self._ledger.resolve(result, final):
             if queued:  # only a queued event holds a queue slot to give back
                 self._queue.task_done()
@@ -236,6 +281,7 @@ class CMSClient:
                 "cms_shipper: event %s ended %s after it was settled at shutdown",
                 final.event_id, final.outcome,
             )  # fmt: skip
+        return final
 
     # -- flushing and lifecycle -------------------------------------------------------
 
@@ -261,8 +307,9 @@ class CMSClient:
     def close(self, timeout_s: Optional[float] = None) -> FlushResult:
         """Flush within ``timeout_s`` (None: ``shutdown_timeout_s``), then stop; idempotent.
 
-        Events still pending at the deadline are dropped (reason ``shutdown``), counted and
-        reported in one warning line; the result shows them as ``pending``.
+        Events still pending at the deadline are spooled (with a spool) or dropped (reason
+        ``shutdown``), counted and reported in one warning line; the result shows them as
+        ``pending``.
         """
         budget = self._settings.shutdown_timeout_s if timeout_s is None else max(0.0, timeout_s)
         deadline = time.monotonic() + budget
@@ -271,26 +318,39 @@ class CMSClient:
                 return self._close_result
             self._closed = True
             atexit.unregister(self._exit_hook)
+            if self._replayer is not None:
+                self._replayer.stop.set()  # claim nothing more from the spool
             self.flush(budget)
             in_flight = self._worker.in_flight()
             result = self._flush_result(self._ledger.counts()["pending"])
             self._worker.stop(max(0.0, deadline - time.monotonic()))
             self._settle_abandoned(budget, in_flight)
             self._transport.close()
+            if self._keeper is not None and self._worker.in_flight() == 0:
+                # With requests still in flight the connection stays open, so a late
+                # answer can still remove its event's row (closed at interpreter exit).
+                self._keeper.close()
             self._close_result = result
             return result
 
     def _settle_abandoned(self, budget: float, in_flight: int) -> None:
         abandoned = self._ledger.outstanding()
+        if not abandoned:
+            return
         message = f"not delivered within {budget:g} s of close"
-        for result in abandoned:
-            self._finish(result, dropped(_event_of(result), Reason.SHUTDOWN, message))
-        if abandoned:
-            logger.warning(
-                "cms_shipper: %d event(s) not delivered within the %g s shutdown budget were "
-                "dropped (%d were in flight and may have reached the server)",
-                len(abandoned), budget, in_flight,
-            )  # fmt: skip
+        finals = [dropped(_event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
+        if self._keeper is not None:
+            finals = self._keeper.settle(abandoned, finals)
+        for result, final in zip(abandoned, finals):
+            if self._ledger.resolve(result, final):
+                self._queue.task_done()
+                self._reporter.report(final)
+        spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED)
+        logger.warning(
+            "cms_shipper: %d event(s) not delivered within the %g s shutdown budget: "
+            "%d saved to the spool, %d dropped (%d were in flight and may have reached the server)",
+            len(abandoned), budget, spooled, len(abandoned) - spooled, in_flight,
+        )  # fmt: skip
 
     async def aflush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``flush`` for async code: waits in a worker thread, never blocking the event loop."""
@@ -306,6 +366,10 @@ class CMSClient:
         snapshot["queue_depth"] = self._queue.depth()
         snapshot["in_flight"] = self._worker.in_flight()
         snapshot["rate_limited_for_s"] = round(self._gate.blocked_for(), 3)
+        snapshot["spool_dropped"] = snapshot["reasons"].get("dropped", {}).get("spool_full", 0)
+        snapshot["spool_path"] = (
+            self._keeper.path if self._keeper and self._keeper.enabled else None
+        )
         snapshot["closed"] = self._closed
         return snapshot
 

@@ -142,7 +142,7 @@ class Result(Mapping[str, Any]):
 class TrackResult(Result):
     """What ``track_*`` returns at once; ``wait()`` gives the event's final ``Result``."""
 
-    __slots__ = ("_cond", "_final", "_seq")
+    __slots__ = ("_cond", "_final", "_in_spool", "_seq")
 
     def __init__(
         self,
@@ -155,6 +155,7 @@ class TrackResult(Result):
         self._cond = cond
         self._final = final
         self._seq = 0  # set by the ledger on admission
+        self._in_spool = False  # the event has a row in the on-disk spool
 
     @property
     def final(self) -> Optional[Result]:
