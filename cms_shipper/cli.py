@@ -12,6 +12,7 @@ import sys
 from typing import Any, Optional
 
 from cms_shipper._config import CMS_BEARER_TOKEN, CMS_HOST
+from cms_shipper._spool import SpoolError
 from cms_shipper._version import __version__
 from cms_shipper.client import CMSClient
 from cms_shipper.errors import ConfigurationError
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--error-rate", type=float, default=0.0, help="0..1")
     emulator.add_argument("--error-status", type=int, default=503)
     emulator.add_argument("--seed", type=int)
+
+    spool = commands.add_parser("spool", help="inspect, replay or purge an on-disk spool")
+    spool.add_argument("action", choices=["status", "replay", "purge"])
+    spool.add_argument("--path", required=True, help="the spool file (spool_path)")
+    spool.add_argument("--host", help=f"API base URL for replay (default: ${CMS_HOST})")
+    spool.add_argument(
+        "--token-file", help=f"bearer token file for replay (default: ${CMS_BEARER_TOKEN})"
+    )
+    spool.add_argument("--timeout-s", type=float, default=300.0, help="replay gives up after this")
+    spool.add_argument("--yes", action="store_true", help="purge without asking")
 
     demo = commands.add_parser("demo", help="a tour: emulated API with faults, a realistic mix")
     demo.add_argument("--events", type=int, default=400, help="events to track (default 400)")
@@ -127,21 +138,28 @@ def _emulator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _spool(args: argparse.Namespace) -> int:
+    from cms_shipper._spool_cli import run_spool  # noqa: PLC0415  # only this command needs it
+
+    return run_spool(args, _token(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cms_shipper._demo import run_demo  # noqa: PLC0415  # only this command needs it
+
+    return run_demo(events=args.events, threads=args.threads, seed=args.seed)
+
+
+_COMMANDS = {"lead": _send, "sale": _send, "emulator": _emulator, "spool": _spool, "demo": _demo}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("lead", "sale"):
-            return _send(args)
-        if args.command == "emulator":
-            return _emulator(args)
-        from cms_shipper._demo import run_demo  # noqa: PLC0415  # only this command needs it
-
-        return run_demo(events=args.events, threads=args.threads, seed=args.seed)
-    except ConfigurationError as exc:
-        print(f"cms-shipper: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, ValueError) as exc:
+        return _COMMANDS[args.command](args)
+    except (ConfigurationError, SpoolError, OSError, ValueError) as exc:
+        # ConfigurationError is a ValueError too; all are the user's to fix, no traceback.
         print(f"cms-shipper: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -138,3 +138,38 @@ def test_demo_runs_and_its_books_add_up() -> None:
     assert "Accounting: tracked = sum of outcomes: yes" in done.stdout
     assert "Per-customer order in the API's record: held" in done.stdout
     assert "p99" in done.stdout
+
+
+def _fill_spool(path: Path, count: int) -> None:
+    from cms_shipper import CMSClient
+
+    client = CMSClient(token=TOKEN, host=f"http://127.0.0.1:{unused_port()}", spool_path=str(path),
+                       retry_max_attempts=1, flush_interval_s=0.01)  # fmt: skip
+    for i in range(count):
+        client.track_lead(f"lead-{i}", f"cust-{i}", click_id=f"clk-{i}")
+    client.close(0.0)
+
+
+def test_spool_status_replay_and_purge(cms_emulator: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    _fill_spool(path, 12)
+    status = cli("spool", "status", "--path", str(path))
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["by_endpoint"] == {"lead": 12}
+    replay = cli("spool", "replay", "--path", str(path), host=cms_emulator.url)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    summary = json.loads(replay.stdout)
+    assert summary["delivered"] == 12 and summary["left_in_spool"] == 0
+    assert "12/12" in replay.stderr  # the progress bar reached the end
+    assert len(cms_emulator.events) == 12
+    _fill_spool(path, 3)
+    refused = cli("spool", "purge", "--path", str(path))
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    purged = cli("spool", "purge", "--path", str(path), "--yes")
+    assert purged.returncode == 0 and "Deleted 3" in purged.stdout
+    assert json.loads(cli("spool", "status", "--path", str(path)).stdout)["total"] == 0
+
+
+def test_spool_command_on_a_missing_file_exits_two(tmp_path: Path) -> None:
+    done = cli("spool", "status", "--path", str(tmp_path / "nope.db"))
+    assert done.returncode == 2 and "no spool" in done.stderr
