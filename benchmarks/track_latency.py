@@ -35,9 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Optional
@@ -68,7 +70,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--close-timeout", type=float, default=2.0,
         help="seconds given to client.close() after each run (default 2)",
     )  # fmt: skip
+    parser.add_argument("--no-spool", action="store_true", help="skip the write-ahead spool rows")
     # Internal: run one scenario in this process and print its figures as JSON.
+    parser.add_argument("--scenario-write-ahead", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scenario-host", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -103,7 +107,11 @@ def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
     total = args.threads * args.calls + args.warmup
     # Default settings but for the queue bound: room for every event, so no call
     # measured is a drop.
-    client = CMSClient(token=TOKEN, host=args.scenario_host, max_queue_size=total + 1_000)
+    spool: dict[str, Any] = {}
+    if args.scenario_write_ahead:  # every call writes the event to a SQLite spool first
+        spool = {"spool_path": os.path.join(tempfile.mkdtemp(), "spool.db"), "write_ahead": True,
+                 "spool_max_bytes": 2**30}  # fmt: skip
+    client = CMSClient(token=TOKEN, host=args.scenario_host, max_queue_size=total + 1_000, **spool)
     for i in range(args.warmup):
         client.track_lead(event_name="warmup", customer_external_id=f"warm-{i}", click_id="c")
     rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -126,13 +134,15 @@ def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def spawn_scenario(host: str, threads: int, calls: int, args: argparse.Namespace) -> dict[str, Any]:
+def spawn_scenario(
+    host: str, threads: int, calls: int, args: argparse.Namespace, *, write_ahead: bool = False
+) -> dict[str, Any]:
     """Run one scenario in a fresh interpreter and return its figures."""
     command = [
         sys.executable, __file__, "--scenario-host", host, "--threads", str(threads),
         "--calls", str(calls), "--warmup", str(args.warmup),
         "--close-timeout", str(args.close_timeout),
-    ]  # fmt: skip
+    ] + (["--scenario-write-ahead"] if write_ahead else [])  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
@@ -140,7 +150,7 @@ def spawn_scenario(host: str, threads: int, calls: int, args: argparse.Namespace
 
 def print_table(rows: list[tuple[str, int, dict[str, Any]]]) -> None:
     header = (
-        f"{'scenario':<18} {'threads':>7} {'calls':>7} {'p50 us':>8} {'p99 us':>8} "
+        f"{'scenario':<19} {'threads':>7} {'calls':>7} {'p50 us':>8} {'p99 us':>8} "
         f"{'p99.9 us':>9} {'max us':>9} {'mean us':>8} {'RSS +MB':>8} {'dropped':>8} "
         f"{'sent':>7} {'left':>7}"
     )
@@ -149,7 +159,7 @@ def print_table(rows: list[tuple[str, int, dict[str, Any]]]) -> None:
     for name, threads, f in rows:
         p50, p99, p999 = (ns / 1000.0 for ns in f["percentiles_ns"])
         print(
-            f"{name:<18} {threads:>7} {f['calls']:>7} {p50:>8.1f} {p99:>8.1f} {p999:>9.1f} "
+            f"{name:<19} {threads:>7} {f['calls']:>7} {p50:>8.1f} {p99:>8.1f} {p999:>9.1f} "
             f"{f['max_ns'] / 1000.0:>9.1f} {f['mean_ns'] / 1000.0:>8.1f} "
             f"{f['rss_delta_mb']:>8.1f} {f['dropped_in_run']:>8} {f['sent']:>7} "
             f"{f['left_at_close']:>7}"
@@ -168,6 +178,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append(
                 ("healthy emulator", threads, spawn_scenario(emulator.url, threads, calls, args))
             )
+        for threads, calls in ((1, args.single_calls), (args.threads, args.calls)):
+            if args.no_spool:
+                break
+            emulator.reset()
+            figures = spawn_scenario(emulator.url, threads, calls, args, write_ahead=True)
+            rows.append(("healthy+write-ahead", threads, figures))
     down = f"http://127.0.0.1:{unused_port()}"
     for threads, calls in ((1, args.single_calls), (args.threads, args.calls)):
         rows.append(("server down", threads, spawn_scenario(down, threads, calls, args)))

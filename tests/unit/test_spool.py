@@ -77,14 +77,25 @@ def test_leases_expire_unless_renewed_and_release_frees_at_once(tmp_path: Path) 
 
 def test_max_bytes_refuses_and_frees_on_remove(tmp_path: Path) -> None:
     clock = Clock()
-    store = spool(tmp_path / "s.db", clock, "a", max_bytes=300)
-    events = [lead(i, f"c{i}") for i in range(10)]
+    store = spool(tmp_path / "s.db", clock, "a", max_bytes=64 * 1024)
+    events = [
+        build_lead(
+            f"e{i}",
+            1.0,
+            event_name="x" * 255,
+            customer_external_id=f"c{i}",
+            click_id="k",
+            customer_avatar="https://x.org/" + "a" * 2000,
+        )
+        for i in range(60)
+    ]
     refused = store.add(events, leased=False)
-    kept = 10 - len(refused)
-    assert 0 < kept < 10 and refused == [e.event_id for e in events[kept:]]
-    store.remove([events[0].event_id])
+    kept = 60 - len(refused)
+    assert 0 < kept < 60 and refused == [e.event_id for e in events[kept:]]
+    # Space comes back page by page: removing half of the rows makes room again.
+    store.remove(e.event_id for e in events[: kept // 2])
     assert store.add([events[kept]], leased=False) == []
-    assert store.purge() == kept
+    assert store.purge() == kept - kept // 2 + 1
 
 
 def test_unreadable_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
