@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -40,9 +43,14 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("spool", [False, True], ids=["memory", "write-ahead spool"])
 @pytest.mark.parametrize("child_ends_with", ["close", "exit hook"])
-def test_forked_child_delivers_its_events(cms_emulator: Emulator, child_ends_with: str) -> None:
+def test_forked_child_delivers_its_events(
+    cms_emulator: Emulator, child_ends_with: str, spool: bool, tmp_path: Path
+) -> None:
     env = {**os.environ, "CMS_HOST": cms_emulator.url, "CMS_BEARER_TOKEN": TOKEN}
+    if spool:  # the child must not reuse the parent's SQLite connection
+        env.update(CMS_SPOOL_PATH=str(tmp_path / "spool.db"), CMS_WRITE_AHEAD="1")
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, "close" if child_ends_with == "close" else "exit"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -54,3 +62,7 @@ def test_forked_child_delivers_its_events(cms_emulator: Emulator, child_ends_wit
     )
     child = [n for n in names if n.startswith("child")]
     assert child == [f"child-{i}" for i in range(5)]  # in order
+    assert max(Counter(names).values()) == 1
+    if spool:
+        with sqlite3.connect(tmp_path / "spool.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
