@@ -187,16 +187,16 @@ class Replayer:
         self.stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cms-shipper-replay", daemon=True)
         self._start_lock = threading.Lock()
+        self._started = False
 
     def ensure_started(self) -> None:
-        """Start once (the first pass runs at once); cheap to call again."""
+        """Start once (the first pass runs at once); cheap to call on every event."""
+        if self._started:  # no lock on the track path once running
+            return
         with self._start_lock:
-            if (
-                not self._thread.is_alive()
-                and not self.stop.is_set()
-                and self._thread.ident is None
-            ):
+            if not self._started and not self.stop.is_set():
                 self._thread.start()
+                self._started = True
 
     def _run(self) -> None:
         while not self.stop.is_set():
