@@ -1,0 +1,127 @@
+"""Each framework example, driven by the framework's own test client, against the emulator."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import pytest
+
+from cms_shipper.emulator import Emulator
+from cms_shipper.integrations import click_id_from
+from cms_shipper.integrations.aws_lambda import click_id_from_event
+
+from .conftest import TOKEN
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "frameworks"
+USER = {"user_id": "user_7"}
+SALE = {**USER, "invoice_id": "inv_7", "amount_cents": "4999", "currency": "USD"}
+
+
+@pytest.fixture
+def load(
+    monkeypatch: pytest.MonkeyPatch, cms_emulator: Emulator
+) -> Iterator[Callable[[str], ModuleType]]:
+    """Import an example fresh, with CMS_HOST/CMS_BEARER_TOKEN pointing at the emulator."""
+    monkeypatch.setenv("CMS_HOST", cms_emulator.url)
+    monkeypatch.setenv("CMS_BEARER_TOKEN", TOKEN)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    loaded: list[str] = []
+
+    def importer(name: str) -> ModuleType:
+        sys.modules.pop(name, None)
+        loaded.append(name)
+        return importlib.import_module(name)
+
+    yield importer
+    for name in loaded:
+        module = sys.modules.pop(name, None)
+        client = getattr(module, "client", None) or getattr(
+            getattr(module, "cms", None), "client", None
+        )
+        if client is not None:
+            client.close(2.0)
+
+
+def assert_journey(emulator: Emulator) -> None:
+    assert emulator.wait_for_events(3, timeout_s=15.0)
+    events = [(e.endpoint, e.payload["eventName"]) for e in emulator.events]
+    assert events == [("lead", "signup"), ("lead", "email_verified"), ("sale", "purchase")]
+    setup = emulator.events[0].payload
+    assert setup["clickId"] == "clk_77" and setup["mode"] == "deferred"
+    assert emulator.events[2].payload["amount"] == 4999
+
+
+def test_click_id_helper() -> None:
+    assert click_id_from({"cms_rf": " c1 "}, {"cms_rf": "q"}) == "c1"
+    assert click_id_from({}, {"cms_rf": "q1"}) == "q1"
+    assert click_id_from({"cms_rf": ""}, None) is None
+    assert click_id_from({"cms_rf": "x" * 256}) is None
+    event = {"cookies": ["a=b", "cms_rf=c2"], "queryStringParameters": {"cms_rf": "q"}}
+    assert click_id_from_event(event) == "c2"
+    assert click_id_from_event({"headers": {"Cookie": "x=1; cms_rf=c3"}}) == "c3"
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = call()
+    return out, time.perf_counter() - started
+
+
+def test_flask_example(load: Callable[[str], ModuleType], cms_emulator: Emulator) -> None:
+    cms_emulator.configure(latency_s=0.2)  # the handler must not wait for the API
+    web = load("flask_app").app.test_client()
+    web.set_cookie("cms_rf", "clk_77")
+    answer, took = timed(lambda: web.post("/signup", data=USER))
+    assert answer.json == {"tracked": True} and took < 0.1, took
+    assert web.post("/verify", data=USER).status_code == 200
+    assert web.post("/checkout", data=SALE).json["queued"] is True
+    assert_journey(cms_emulator)
+    print(f"flask: /signup answered in {took * 1000:.1f} ms with the API at 200 ms")
+
+
+def test_fastapi_example(load: Callable[[str], ModuleType], cms_emulator: Emulator) -> None:
+    from fastapi.testclient import TestClient
+
+    cms_emulator.configure(latency_s=0.2)
+    app = load("fastapi_app").app
+    with TestClient(app, cookies={"cms_rf": "clk_77"}) as web:  # runs the lifespan
+        answer, took = timed(lambda: web.post("/signup", data=USER))
+        assert answer.json() == {"tracked": True} and took < 0.1, took
+        assert web.post("/verify", data=USER).status_code == 200
+        assert web.post("/checkout", data=SALE).json() == {"queued": True}
+        client = app.state.cms
+    # Leaving the TestClient ran the lifespan's shutdown: aclose flushed everything.
+    assert len(cms_emulator.events) == 3 and client.stats()["closed"]
+    assert_journey(cms_emulator)
+    print(f"fastapi: /signup answered in {took * 1000:.1f} ms with the API at 200 ms")
+
+
+def test_lambda_example_flushes_after_each_invocation(
+    load: Callable[[str], ModuleType], cms_emulator: Emulator
+) -> None:
+    handler = load("lambda_handler").handler
+    cookies = {"cookies": ["cms_rf=clk_77"]}
+    for invocation, body in enumerate(({**USER, "action": "signup"}, {**USER, "action": "verify"},
+                 {**USER, "invoice_id": "inv_7", "amount_cents": 4999}), start=1):  # fmt: skip
+        reply = handler({**cookies, "body": json.dumps(body)}, None)
+        assert reply["statusCode"] == 200
+        # Flushed before returning: the event is already at the API when the handler ends.
+        assert len(cms_emulator.events) == invocation
+    assert_journey(cms_emulator)
+
+
+def test_gunicorn_worker_exit_hook_closes_the_client(
+    load: Callable[[str], ModuleType], cms_emulator: Emulator
+) -> None:
+    app_module = load("flask_app")
+    conf = load("gunicorn_conf")
+    app_module.cms.client.track_lead("signup", "u1", click_id="c1")
+    conf.worker_exit(server=None, worker=None)
+    assert app_module.cms.client.stats()["closed"] and len(cms_emulator.events) == 1
