@@ -8,6 +8,7 @@ from flask import Flask, jsonify, request
 from cms_shipper.integrations.flask import CMSShipper
 
 app = Flask(__name__)
+app.config.from_prefixed_env()  # FLASK_CMS_OPTIONS='{"batch_size": 50}' and the like
 cms = CMSShipper(app, shutdown_timeout_s=5.0)  # token/host: app.config or the environment
 
 
