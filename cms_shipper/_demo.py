@@ -16,13 +16,13 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from cms_shipper._log import logger
 from cms_shipper.client import CMSClient
 from cms_shipper.emulator import Emulator
 
 __all__ = ["run_demo"]
 
 TOKEN = "test-token"  # noqa: S105  # the emulator's well-known fake token
-_LOGGER = logging.getLogger("cms_shipper")
 _OUTCOMES = ("delivered", "duplicate", "rejected", "failed", "dropped", "spooled", "pending")
 
 
@@ -152,7 +152,7 @@ def run_demo(*, events: int = 400, threads: int = 4, seed: int = 1) -> int:
         print(f"Emulated CutMeShort API on {emulator.url}: 5 ms latency, 3% 503s, 90 requests/s"
               " then 429, 2 answers lost after recording, a 0.5 s outage midway.")  # fmt: skip
         # Outcomes are in the summary; per-event warning lines would garble the progress.
-        _LOGGER.setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
         client = CMSClient(token=TOKEN, host=emulator.url, flush_interval_s=0.05,
                            retry_initial_backoff_s=0.05, retry_max_backoff_s=1.0,
                            retry_max_attempts=10)  # fmt: skip

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 from urllib.parse import urlsplit
 
 from cms_shipper.errors import ValidationError
 
-__all__ = ["LEAD", "SALE", "Event", "build_lead", "build_sale", "format_timestamp"]
+if TYPE_CHECKING:
+    from cms_shipper.results import Result
+
+__all__ = ["LEAD", "SALE", "Event", "build_lead", "build_sale", "event_of", "format_timestamp"]
 
 LEAD = "lead"
 SALE = "sale"
@@ -44,6 +47,13 @@ class Event(NamedTuple):
         body = dict(self.payload)
         body["timestamp"] = self.timestamp or format_timestamp(self.tracked_at)
         return body
+
+
+def event_of(result: Result) -> Event:
+    """The event a queued, spooled or settled result carries (invalid input never has one)."""
+    if result.event is None:
+        raise TypeError("only results that carry an event are queued or spooled")
+    return result.event
 
 
 def format_timestamp(epoch_s: float) -> str:

@@ -7,7 +7,6 @@ call it again.
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Callable, Optional
 
@@ -21,12 +20,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from cms_shipper._log import logger
 from cms_shipper._transport import Reply
 from cms_shipper.results import Outcome, Reason
 
 __all__ = ["RETRYABLE_STATUS", "RetryPolicy", "classify"]
 
-logger = logging.getLogger("cms_shipper")
 
 # Transient by nature: the same request may succeed later.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})

@@ -13,7 +13,6 @@ not a power loss of the machine. Rows hold the event's payload, never the token.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import socket
@@ -25,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from cms_shipper._events import Event
+from cms_shipper._log import logger
 
 __all__ = ["Spool", "SpoolError", "SpoolStatus"]
 
-logger = logging.getLogger("cms_shipper")
 SCHEMA_VERSION = "1"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,6 +90,7 @@ class Spool:
         self.owner = owner or _owner()
         self._lock = threading.Lock()
         self._db: Optional[sqlite3.Connection] = None
+        self._page_size = 0  # read at connect: fixed for the file's life (no VACUUM here)
         self._pid = os.getpid()
         self._open()
 
@@ -130,6 +130,7 @@ class Spool:
             version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
             if version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"unknown spool schema version {version!r}")
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error:
             db.close()
             raise
@@ -182,8 +183,7 @@ class Spool:
         # Pages in use (free pages left by deletes excluded): O(1), unlike summing rows.
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        size = db.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
+        return int((pages - free) * self._page_size)
 
     def add(self, events: Sequence[Event], *, leased: bool) -> list[str]:
         """Store events (adding one twice is harmless); return the ids refused as over max_bytes.

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Optional
 
 from cms_shipper._spool import Spool
@@ -16,12 +17,7 @@ __all__ = ["run_spool"]
 
 
 def _status(spool: Spool) -> int:
-    status = spool.status()
-    print(json.dumps({
-        "path": status.path, "total": status.total, "by_endpoint": status.by_endpoint,
-        "leased": status.leased, "oldest_age_s": status.oldest_age_s,
-        "newest_age_s": status.newest_age_s, "size_bytes": status.size_bytes,
-    }, indent=2))  # fmt: skip
+    print(json.dumps(asdict(spool.status()), indent=2))
     return 0
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Callable, Optional
 
 from cms_shipper._config import Settings
-from cms_shipper._events import Event
-from cms_shipper._log import RateLimitedLog
+from cms_shipper._events import Event, event_of
+from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._spool import Spool, SpoolError
 from cms_shipper.results import Outcome, Reason, Result, TrackResult
 
@@ -47,12 +47,6 @@ def _spool_full(final: Result) -> Result:
     )  # fmt: skip
 
 
-def _event_of(final: Result) -> Event:
-    if final.event is None:
-        raise TypeError("only results that carry an event are spooled")
-    return final.event
-
-
 class SpoolKeeper:
     """Owns the client's spool connection and every decision about spool rows."""
 
@@ -66,7 +60,7 @@ class SpoolKeeper:
                 self.path, max_bytes=settings.spool_max_bytes, lease_s=settings.spool_lease_s
             )
         except SpoolError as exc:
-            logging.getLogger("cms_shipper").error(
+            logger.error(
                 "cms_shipper: cannot use the spool at %s (%s); going on in memory only",
                 self.path, exc,
             )  # fmt: skip
@@ -121,7 +115,7 @@ class SpoolKeeper:
         try:
             self._spool.remove(out[i].event_id or "" for i in remove)
             self._spool.release(out[i].event_id or "" for i in release)
-            refused = set(self._spool.add([_event_of(out[i]) for i in add], leased=False))
+            refused = set(self._spool.add([event_of(out[i]) for i in add], leased=False))
         except SpoolError as exc:
             self._trouble(exc, "settling outcomes")
             return out

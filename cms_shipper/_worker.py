@@ -10,17 +10,15 @@ the client's, and must not raise (a raise is logged and the lane carries on).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
 from typing import Callable, Generic, Optional, TypeVar
 
+from cms_shipper._log import logger
 from cms_shipper._queue import EventQueue
 
 __all__ = ["Worker"]
-
-logger = logging.getLogger("cms_shipper")
 
 
 T = TypeVar("T")

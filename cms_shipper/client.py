@@ -17,7 +17,7 @@ import weakref
 from typing import Any, Optional
 
 from cms_shipper._config import Settings, resolve_settings
-from cms_shipper._events import Event, build_lead, build_sale
+from cms_shipper._events import Event, build_lead, build_sale, event_of
 from cms_shipper._ledger import Ledger
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._outcomes import Reporter, dropped, from_reply, invalid
@@ -261,7 +261,7 @@ class CMSClient:
         return from_reply(event, reply, verdict[0], verdict[1], attempts)
 
     def _deliver(self, result: TrackResult) -> None:
-        final = self._send_now(_event_of(result))
+        final = self._send_now(event_of(result))
         if final.reason is Reason.SHUTDOWN:
             return  # close() settles everything still pending, in one place
         self._finish(result, final)
@@ -338,7 +338,7 @@ class CMSClient:
         if not abandoned:
             return
         message = f"not delivered within {budget:g} s of close"
-        finals = [dropped(_event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
+        finals = [dropped(event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
         if self._keeper is not None:
             finals = self._keeper.settle(abandoned, finals)
         for result, final in zip(abandoned, finals):
@@ -374,15 +374,8 @@ class CMSClient:
         return snapshot
 
 
-def _event_of(result: TrackResult) -> Event:
-    """The event of a queued result (only valid events are ever queued)."""
-    if result.event is None:
-        raise TypeError("only results that carry an event are queued")
-    return result.event
-
-
 def _customer_key(result: TrackResult) -> str:
-    return _event_of(result).customer_key
+    return event_of(result).customer_key
 
 
 def _returned(final: Result, ledger: Ledger) -> TrackResult:
@@ -414,7 +407,9 @@ def _make_exit_hook(client: CMSClient) -> Any:
 
     def hook() -> None:
         alive = ref()
-        # A forked child inherits the hook but not the threads: it has nothing to flush.
+        # A forked child inherits the hook too. Once the client has rebuilt itself there
+        # (fork hook or first track), _pid is the child's and the child flushes its own
+        # events; otherwise the child has tracked nothing and the parent's are not its own.
         if alive is not None and os.getpid() == alive._pid:
             alive.close()
 

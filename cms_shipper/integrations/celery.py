@@ -15,46 +15,38 @@ For short-lived workers (``--max-tasks-per-child=1``, or one-off task runs), pas
 
 from __future__ import annotations
 
-import os
-import threading
-from typing import Any, Optional
+from typing import Any
 
 from celery import signals  # type: ignore[import-untyped]
 
 from cms_shipper.client import CMSClient
+from cms_shipper.integrations._process_client import ProcessClient
 
 __all__ = ["get_client", "setup_celery"]
 
-_lock = threading.Lock()
-_state: dict[str, Any] = {"client": None, "options": {}, "pid": None}
+_options: dict[str, Any] = {}  # set by setup_celery
+_client = ProcessClient(lambda: CMSClient(**_options))
 
 
 def get_client() -> CMSClient:
     """This process's client (built on first use if no worker signal built it)."""
-    with _lock:
-        client: Optional[CMSClient] = _state["client"]
-        if client is None or _state["pid"] != os.getpid():
-            client = CMSClient(**_state["options"])
-            _state.update(client=client, pid=os.getpid())
-        return client
+    return _client.get()
 
 
 def _open(**_: Any) -> None:
-    get_client()
+    _client.get()
 
 
 def _close(**_: Any) -> None:
-    with _lock:
-        client, _state["client"] = _state["client"], None
-    if client is not None:
-        client.close()
+    _client.reset()
 
 
 def setup_celery(
     *, flush_after_task: bool = False, flush_timeout_s: float = 2.0, **options: Any
 ) -> None:
     """Connect the worker-process signals; ``options`` go to ``CMSClient``."""
-    _state["options"] = options
+    _options.clear()
+    _options.update(options)
     signals.worker_process_init.connect(_open, weak=False)
     signals.worker_process_shutdown.connect(_close, weak=False)
     if flush_after_task:

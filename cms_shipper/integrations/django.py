@@ -15,7 +15,6 @@ its exit hook flushes within ``shutdown_timeout_s`` when the process ends.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Optional
 
 from django.conf import settings  # type: ignore[import-untyped]
@@ -23,33 +22,29 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 
 from cms_shipper.client import CMSClient
 from cms_shipper.integrations._click_id import click_id_from
+from cms_shipper.integrations._process_client import ProcessClient
 
 __all__ = ["ClickIdMiddleware", "click_id", "get_client", "reset_client"]
 
-_lock = threading.Lock()
-_client: Optional[CMSClient] = None
+
+def _build() -> CMSClient:
+    config: dict[str, Any] = getattr(settings, "CMS_SHIPPER", {})
+    return CMSClient(
+        token=config.get("token"), host=config.get("host"), **config.get("options", {})
+    )
+
+
+_client = ProcessClient(_build)
 
 
 def get_client() -> CMSClient:
     """This process's client, built from ``settings.CMS_SHIPPER`` on first use."""
-    global _client  # noqa: PLW0603  # one client per process is the point
-    if _client is None:
-        with _lock:
-            if _client is None:
-                config: dict[str, Any] = getattr(settings, "CMS_SHIPPER", {})
-                _client = CMSClient(
-                    token=config.get("token"), host=config.get("host"), **config.get("options", {})
-                )
-    return _client
+    return _client.get()
 
 
 def reset_client(timeout_s: Optional[float] = None) -> None:
     """Close this process's client (bounded) and forget it; the next use builds a new one."""
-    global _client
-    with _lock:
-        client, _client = _client, None
-    if client is not None:
-        client.close(timeout_s)
+    _client.reset(timeout_s)
 
 
 def click_id(request: HttpRequest) -> Optional[str]:
