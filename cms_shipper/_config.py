@@ -74,10 +74,11 @@ class Settings:
     flush_interval_s: float = 0.5
     max_concurrent_requests: int = 4
     max_requests_per_minute: Optional[int] = None
-    retry_max_attempts: int = 5
+    retry_max_attempts: int = 10
     retry_max_elapsed_s: float = 60.0
     retry_initial_backoff_s: float = 0.5
     retry_max_backoff_s: float = 30.0
+    max_retry_after_s: float = 300.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     shutdown_timeout_s: float = 5.0
@@ -106,6 +107,7 @@ _FLOATS = {  # name -> smallest allowed value
     "retry_max_elapsed_s": 0.0,
     "retry_initial_backoff_s": 0.0,
     "retry_max_backoff_s": 0.0,
+    "max_retry_after_s": 0.0,
     "connect_timeout_s": 0.001,
     "read_timeout_s": 0.001,
     "shutdown_timeout_s": 0.0,

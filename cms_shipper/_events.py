@@ -7,6 +7,7 @@ because they run inside the caller's request handler.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
@@ -25,6 +26,8 @@ MAX_TEXT = 255
 MAX_URL = 2048
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
+# Compact and ASCII-only (a lone surrogate is escaped, never an encoding error).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Event(NamedTuple):
@@ -47,6 +50,10 @@ class Event(NamedTuple):
         body = dict(self.payload)
         body["timestamp"] = self.timestamp or format_timestamp(self.tracked_at)
         return body
+
+    def wire(self) -> bytes:
+        """The JSON body as sent on the wire."""
+        return _ENCODE(self.body()).encode("ascii")
 
 
 def event_of(result: Result) -> Event:

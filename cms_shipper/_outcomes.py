@@ -16,7 +16,7 @@ from cms_shipper._transport import Reply
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import Outcome, Reason, Result
 
-__all__ = ["Reporter", "dropped", "from_reply", "invalid"]
+__all__ = ["Reporter", "dropped", "from_reply", "invalid", "unsendable"]
 
 _SUCCESS = (Outcome.DELIVERED, Outcome.DUPLICATE)
 
@@ -74,6 +74,15 @@ def invalid(exc: ValidationError) -> Result:
     return Result(
         success=False, status_code=422, message="invalid", error=str(exc),
         details={exc.field: exc.rule}, outcome=Outcome.REJECTED, reason=Reason.INVALID,
+    )  # fmt: skip
+
+
+def unsendable(event: Event, exc: BaseException) -> Result:
+    """The final result of a validated event whose body cannot be encoded (never sent)."""
+    return Result(
+        success=False, status_code=422, message="invalid",
+        error=f"the event cannot be encoded as JSON ({type(exc).__name__})",
+        event_id=event.event_id, outcome=Outcome.REJECTED, reason=Reason.INVALID, event=event,
     )  # fmt: skip
 
 

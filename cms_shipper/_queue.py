@@ -15,27 +15,30 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Generic, Optional, TypeVar
+from typing import Callable, Generic, TypeVar
 
 __all__ = ["EventQueue"]
 
 T = TypeVar("T")
 
 
+def _nobody() -> None:
+    pass
+
+
 class EventQueue(Generic[T]):
-    """A FIFO bounded by unfinished items that wakes its consumer on size or on demand."""
+    """A FIFO bounded by unfinished items that notifies its consumer when a batch is ready."""
 
     def __init__(self, maxsize: int, batch_size: int) -> None:
         self._maxsize = maxsize
         self._batch_size = batch_size
         self._items: deque[T] = deque()
         self._taken = 0  # taken by the consumer and not yet done; changed under _lock only
-        self._lock = threading.Lock()  # the consumer side: take, task_done, wake
-        # An Event, not a Condition: put() only pays for set() when a batch becomes ready.
-        self._ready = threading.Event()
-        # Set by wake() and kept until the queue is empty, so a flush drains every batch
-        # back to back instead of sleeping flush_interval_s between them.
-        self._urgent = False
+        self._lock = threading.Lock()  # the consumer side: take, task_done
+        # Called once when the waiting items reach a batch (and by wake()); set by the
+        # consumer. A put pays for it once per batch, never per event.
+        self.notify: Callable[[], None] = _nobody
+        self._signalled = False
 
     def put(self, item: T) -> bool:
         """Append ``item``; return False (and keep nothing) when the queue is full. Lock-free."""
@@ -43,21 +46,16 @@ class EventQueue(Generic[T]):
         if len(items) + self._taken >= self._maxsize:
             return False
         items.append(item)
-        if len(items) >= self._batch_size and not self._ready.is_set():
-            self._ready.set()
+        if len(items) >= self._batch_size and not self._signalled:
+            # Two racing callers may both notify: harmless. A take() racing with this
+            # flag costs at most one flush_interval_s of delay.
+            self._signalled = True
+            self.notify()
         return True
 
     def wake(self) -> None:
-        """Make the consumer return from ``wait`` at once until the queue is empty."""
-        with self._lock:
-            self._urgent = True
-        self._ready.set()
-
-    def wait(self, timeout_s: Optional[float]) -> None:
-        """Block until a batch is ready, ``wake`` is called, or ``timeout_s`` passes."""
-        if self._urgent or len(self._items) >= self._batch_size:
-            return
-        self._ready.wait(timeout_s)
+        """Make the consumer take what is waiting now, batch or not (flush, close)."""
+        self.notify()
 
     def take(self, limit: int) -> list[T]:
         """Remove and return up to ``limit`` items, oldest first; never blocks."""
@@ -67,13 +65,8 @@ class EventQueue(Generic[T]):
             while items and len(batch) < limit:
                 batch.append(items.popleft())
             self._taken += len(batch)
-            # Re-arm only below a full batch, so a backlog is never slept on. A put racing
-            # with this clear can at worst wait one flush_interval_s.
-            if not items:
-                self._urgent = False
-                self._ready.clear()
-            elif len(items) < self._batch_size and not self._urgent:
-                self._ready.clear()
+            if len(items) < self._batch_size:
+                self._signalled = False
         return batch
 
     def task_done(self, count: int = 1) -> None:
@@ -86,5 +79,5 @@ class EventQueue(Generic[T]):
         return len(self._items)
 
     def unfinished(self) -> int:
-        """Items put and not yet marked done (waiting, in a lane or in flight)."""
+        """Items put and not yet marked done (waiting, scheduled or in flight)."""
         return len(self._items) + self._taken

@@ -1,70 +1,68 @@
-"""When to try again: outcome classification and the tenacity retry policy.
+"""What a reply means, and whether an event's own failure is worth another attempt.
 
-The policy knows nothing of threads or HTTP clients: it runs an ``attempt`` callable that
-returns a ``Reply`` and decides, from tenacity's small named pieces, whether and when to
-call it again.
+``classify`` sorts a reply into a final outcome, a rate limit (the client's pause, not the
+event's failure), server trouble (the event's failure unless the health gate says the API
+is away) or another retryable answer. ``RetryPolicy`` answers "retry? after how long?"
+from tenacity's strategy objects; it never sleeps: the scheduler parks the event until then.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, Optional
+import enum
+from typing import Optional
 
 from tenacity import (
     RetryCallState,
-    Retrying,
-    retry_if_result,
     stop_after_attempt,
     stop_before_delay,
-    stop_when_event_set,
     wait_random_exponential,
 )
 
-from cms_shipper._log import logger
+from cms_shipper._health import capped
 from cms_shipper._transport import Reply
 from cms_shipper.results import Outcome, Reason
 
-__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "classify"]
+__all__ = ["Kind", "RetryPolicy", "classify", "final_outcome"]
 
 
-# Transient by nature: the same request may succeed later.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+class Kind(enum.Enum):
+    """How the engine treats a reply."""
+
+    FINAL = "final"  # an answer no retry changes: delivered, duplicate, rejected, ...
+    RATE_LIMITED = "rate_limited"  # 429: pause everybody; the event is not charged
+    TROUBLE = "trouble"  # unreachable, reset, timeout, 500/502/503/504: maybe an outage
+    RETRY = "retry"  # 408: the event's own transient failure
 
 
-def classify(reply: Reply) -> Optional[tuple[Outcome, Reason]]:
-    """The final outcome a reply means, or None when it is worth another attempt."""
+_TROUBLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+def classify(reply: Reply) -> Kind:
+    """The kind of a reply (see ``Kind``)."""
     status = reply.status_code
-    if status is None or status in RETRYABLE_STATUS:
-        return None
+    if status is None or status in _TROUBLE_STATUS:
+        return Kind.TROUBLE
+    if status == 429:
+        return Kind.RATE_LIMITED
+    if status == 408:
+        return Kind.RETRY
+    return Kind.FINAL
+
+
+def final_outcome(status: int) -> tuple[Outcome, Reason]:
+    """The outcome a final status means."""
     if 200 <= status < 300:
         return Outcome.DELIVERED, Reason.ACCEPTED
     if status == 409:
         return Outcome.DUPLICATE, Reason.ALREADY_RECORDED
     if 400 <= status < 500:
         return Outcome.REJECTED, Reason.HTTP_ERROR
-    # 3xx, 501, 505...: nothing a retry would fix and not the caller's data either.
+    # 1xx, 3xx, 501, 505...: nothing a retry would fix and not the caller's data either.
     return Outcome.FAILED, Reason.UNEXPECTED_STATUS
 
 
-def _retryable(reply: Reply) -> bool:
-    return classify(reply) is None
-
-
-class _WaitWithFloor:
-    """Full-jitter exponential backoff that never undercuts Retry-After or the gate's blackout."""
-
-    def __init__(self, initial_s: float, max_s: float, floor: Callable[[], float]) -> None:
-        self._jitter = wait_random_exponential(multiplier=initial_s, max=max_s)
-        self._floor = floor
-
-    def __call__(self, state: RetryCallState) -> float:
-        reply: Optional[Reply] = state.outcome.result() if state.outcome else None
-        retry_after = reply.retry_after_s if reply is not None else None
-        return max(self._jitter(state), retry_after or 0.0, self._floor())
-
-
 class RetryPolicy:
-    """Immutable retry settings; ``run`` applies them to one event's attempts."""
+    """Immutable retry settings: full-jitter exponential backoff, bounded by attempts and time."""
 
     def __init__(
         self,
@@ -73,71 +71,31 @@ class RetryPolicy:
         max_elapsed_s: float,
         initial_backoff_s: float,
         max_backoff_s: float,
-        sleep: Optional[Callable[[float], None]] = None,
+        max_retry_after_s: float,
     ) -> None:
         self.max_attempts = max_attempts
         self.max_elapsed_s = max_elapsed_s
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._sleep = sleep
+        self.max_retry_after_s = max_retry_after_s
+        self._wait = wait_random_exponential(multiplier=initial_backoff_s, max=max_backoff_s)
+        self._stop = stop_after_attempt(max_attempts) | stop_before_delay(max_elapsed_s)
 
     def __repr__(self) -> str:
-        return (
-            f"RetryPolicy(max_attempts={self.max_attempts}, max_elapsed_s={self.max_elapsed_s}, "
-            f"initial_backoff_s={self.initial_backoff_s}, max_backoff_s={self.max_backoff_s})"
-        )
+        return f"RetryPolicy(max_attempts={self.max_attempts}, max_elapsed_s={self.max_elapsed_s})"
 
-    def run(
-        self,
-        attempt: Callable[[], Reply],
-        stop: threading.Event,
-        floor: Callable[[], float] = lambda: 0.0,
-    ) -> tuple[Reply, int]:
-        """Call ``attempt`` until its reply is final or the policy gives up.
+    def next_delay(
+        self, attempts: int, elapsed_s: float, retry_after_s: Optional[float] = None
+    ) -> Optional[float]:
+        """Seconds to wait before the next attempt, or None to give up.
 
-        Returns the last reply and the number of attempts made. Gives up after
-        ``max_attempts``, when the next sleep would pass ``max_elapsed_s``, or as soon as
-        ``stop`` is set; sleeps wait on ``stop`` so ``close()`` cuts them short. Never
-        raises unless ``attempt`` does.
+        ``attempts`` counts the event's own (charged) failed attempts so far, ``elapsed_s``
+        the time since its first attempt without the time the API was paused for everybody.
+        ``Retry-After`` is a floor, capped at ``max_retry_after_s``. Never raises.
         """
-        attempts = 0
-
-        def counted() -> Reply:
-            nonlocal attempts
-            attempts += 1
-            return attempt()
-
-        retrying = Retrying(
-            stop=(
-                stop_after_attempt(self.max_attempts)
-                | stop_before_delay(self.max_elapsed_s)
-                | stop_when_event_set(stop)
-            ),
-            wait=_WaitWithFloor(self.initial_backoff_s, self.max_backoff_s, floor),
-            retry=retry_if_result(_retryable),
-            sleep=self._sleep if self._sleep is not None else _interruptible(stop),
-            before_sleep=_log_retry,
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-            reraise=True,
-        )
-        reply: Reply = retrying(counted)
-        return reply, attempts
-
-
-def _interruptible(stop: threading.Event) -> Callable[[float], None]:
-    """A sleep that ends as soon as ``stop`` is set (close() cuts backoff short)."""
-
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)
-
-    return sleep
-
-
-def _log_retry(state: RetryCallState) -> None:
-    reply = state.outcome.result() if state.outcome else None
-    logger.debug(
-        "attempt %d got %s; retrying in %.2f s",
-        state.attempt_number,
-        reply.error or reply.status_code if reply else "nothing",
-        state.upcoming_sleep,
-    )
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = max(1, attempts)
+        delay = float(self._wait(state))
+        if retry_after_s is not None:
+            delay = max(delay, capped(retry_after_s, self.max_retry_after_s))
+        state.outcome_timestamp = state.start_time + max(0.0, elapsed_s)
+        state.upcoming_sleep = delay
+        return None if self._stop(state) else delay

@@ -1,130 +1,193 @@
-"""How to send: one JSON POST over a pooled keep-alive ``requests.Session``.
+"""How to send: one JSON POST through requests' adapter, over pooled keep-alive connections.
 
-The transport knows nothing of retries or threads' roles. Each calling thread gets its own
-Session (sessions are not documented as thread-safe; each lane sends one request at a
-time, so one keep-alive connection per lane is exactly the pool it needs). ``send`` never
-raises: network failures come back as a ``Reply`` with ``error`` set.
+The transport knows nothing of retries or threads' roles. Per attempt it fills in a
+prepared-request template (the thread's own copy) and hands it to the session's adapter:
+no per-request header merging, hooks, cookies or environment look-ups. Every attempt is
+bounded: connect and read timeouts per socket operation, their sum for the whole attempt
+(``_deadline``), at most ``MAX_REPLY_BYTES`` of a reply body read (the rest is discarded
+with the connection). ``send`` never raises: failures come back as a ``Reply``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import threading
-import time
 from email.utils import parsedate_to_datetime
+from time import time as _now
 from typing import Any, NamedTuple, Optional
 
 import requests
-from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from cms_shipper._config import Secret
+from cms_shipper._deadline import Slot, Watchdog, WatchedAdapter
 from cms_shipper._version import __version__
 
-__all__ = ["Reply", "Transport", "parse_retry_after"]
+__all__ = ["MAX_ERROR_TEXT", "MAX_REPLY_BYTES", "Reply", "Transport", "parse_retry_after"]
 
-_MAX_ERROR_TEXT = 300
+MAX_REPLY_BYTES = 64 * 1024  # the API's JSON answers are a few hundred bytes
+_POOL_PREFIX = re.compile(r"^\w+\(host=[^)]*\): ")
+MAX_ERROR_TEXT = 300  # characters of a non-JSON body or an error kept for results and logs
 
 
 class Reply(NamedTuple):
     """What one attempt got back: a status and body, or a network error."""
 
     status_code: Optional[int]
-    body: Any = None  # parsed JSON when it parses, else text
-    error: Optional[str] = None  # network failure, e.g. "ConnectionError: ..."
-    retry_after_s: Optional[float] = None
+    body: Any = None  # parsed JSON when it parses, else a bounded single line of text
+    error: Optional[str] = None  # e.g. "ConnectionError: ..."
+    retry_after_s: Optional[float] = None  # uncapped; whoever waits applies the cap
+    unreachable: bool = False  # never reached the server: refused, DNS, connect timeout
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (RFC 9110)."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date, RFC 9110).
+
+    None when absent or unreadable; never raises, whatever the header holds.
+    """
     if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
     try:
+        value = value.strip()
+        if value.isascii() and value.isdigit():
+            return float(value)  # a huge value becomes inf, never an OverflowError
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, when.timestamp() - (_now() if now is None else now))
+    except Exception:  # malformed dates raise TypeError, ValueError, IndexError, OverflowError
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _parse_body(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text[:_MAX_ERROR_TEXT]
+def one_line(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """``text`` cut to ``limit`` characters on a single line (no forged log lines)."""
+    flat = " ".join(text[: limit + 1].split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def parse_body(data: bytes, complete: bool) -> Any:
+    """The JSON value of a complete body, else (or if it does not parse) bounded text."""
+    text = data[:MAX_REPLY_BYTES].decode("utf-8", "replace")
+    if complete:
+        # Not JSON, or nested past the recursion limit: bounded text then.
+        with contextlib.suppress(Exception):
+            return json.loads(text)
+    return one_line(text) or None
 
 
 class Transport:
-    """POSTs event bodies to the API with per-thread keep-alive sessions."""
+    """POSTs event bodies to the API over one adapter's keep-alive connection pool."""
 
     def __init__(
-        self, host: str, token: Optional[Secret], connect_timeout_s: float, read_timeout_s: float
+        self,
+        host: str,
+        token: Optional[Secret],
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_connections: int,
     ) -> None:
         self._host = host
-        self._token = token
         self._timeout = (connect_timeout_s, read_timeout_s)
+        self._adapter = WatchedAdapter(
+            pool_connections=1, pool_maxsize=max_connections, max_retries=0
+        )
+        # requests would read proxy and CA settings from the environment on every request;
+        # read them once.
+        self._proxies = requests.utils.get_environ_proxies(host)
+        # Verification only applies to https; a bundle path costs a stat() per request.
+        self._verify = _ca_bundle() if host.startswith("https:") else True
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            "User-Agent": f"cms-shipper/{__version__} {requests.utils.default_user_agent()}",
+        }
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token.reveal()
+        self._template = requests.Request("POST", host, headers=headers, data=b"{}").prepare()
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
+        self._watchdog = Watchdog(connect_timeout_s + read_timeout_s)
 
     def __repr__(self) -> str:
         return f"Transport(host={self._host!r})"
 
-    def _session(self) -> requests.Session:
-        session: Optional[requests.Session] = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            # requests re-reads proxy and CA settings from the environment on every request
-            # (about 30% of the client's CPU per event); read them once per session.
-            session.trust_env = False
-            session.proxies.update(requests.utils.get_environ_proxies(self._host))
-            session.verify = _ca_bundle()
-            # Retries are the policy's job; the adapter must not add its own.
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers["User-Agent"] = (
-                f"cms-shipper/{__version__} {requests.utils.default_user_agent()}"
-            )
-            if self._token is not None:
-                session.headers["Authorization"] = "Bearer " + self._token.reveal()
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+    def _own(self) -> tuple[requests.PreparedRequest, Slot]:
+        local = self._local
+        try:
+            return local.prep, local.slot
+        except AttributeError:
+            local.prep, local.slot = self._template.copy(), Slot()
+            return local.prep, local.slot
 
-    def send(self, path: str, body: dict[str, Any]) -> Reply:
-        """POST ``body`` as JSON to ``path``; return the reply; never raise.
+    def send(self, path: str, body: bytes) -> Reply:
+        """POST ``body`` (JSON bytes) to ``path``; return the reply; never raise.
 
         Redirects are not followed: a redirected POST would turn into a GET and lose the
         event, so a 3xx comes back as it is.
         """
+        prep, slot = self._own()
+        prep.url = self._host + path
+        prep.body = body
+        prep.headers["Content-Length"] = str(len(body))
+        self._watchdog.arm(slot)
         try:
-            response = self._session().post(
-                self._host + path, json=body, timeout=self._timeout, allow_redirects=False
+            response = self._adapter.send(
+                prep, stream=True, timeout=self._timeout, verify=self._verify,
+                proxies=self._proxies,
+            )  # fmt: skip
+        except Exception as exc:  # requests' errors, and anything a hostile peer provokes
+            expired = self._watchdog.disarm(slot)
+            return Reply(None, error=self._describe(exc, expired), unreachable=_unreachable(exc))
+        try:
+            return self._read(response, slot)
+        finally:
+            self._watchdog.disarm(slot)
+
+    def _read(self, response: requests.Response, slot: Slot) -> Reply:
+        raw = response.raw
+        try:
+            data = raw.read(MAX_REPLY_BYTES + 1) or b""
+            complete = len(data) <= MAX_REPLY_BYTES and not slot.expired
+        except Exception:  # cut off by the watchdog, or the connection broke mid-body
+            data, complete = b"", False
+        if complete:
+            raw.release_conn()  # read to its end: the connection goes back to the pool
+        else:
+            response.close()  # unread bytes on the wire: the connection cannot be reused
+        return Reply(
+            response.status_code,
+            parse_body(data, complete),
+            None,
+            parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    def _describe(self, exc: BaseException, expired: bool) -> str:
+        if expired:
+            return (
+                f"Timeout: no complete answer within {self._watchdog.budget_s:g} s "
+                "(connect_timeout_s + read_timeout_s); attempt cut off"
             )
-        except requests.RequestException as exc:
-            return Reply(None, error=_describe(exc))
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return Reply(response.status_code, _parse_body(response), None, retry_after)
+        kind = "Timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
+        # requests wraps urllib3's error, whose text repeats the pool and connection class.
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        text = str(reason if isinstance(reason, BaseException) else exc)
+        return one_line(f"{kind}: {_POOL_PREFIX.sub('', text)}")
 
     def close(self) -> None:
-        """Close every session this transport opened; safe to call more than once."""
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
+        """Close every pooled connection and stop the watchdog; safe to call more than once."""
+        self._watchdog.stop()
+        self._adapter.close()
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # NameResolutionError (DNS) is a NewConnectionError too.
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
 def _ca_bundle() -> Any:
-    """What ``trust_env`` would have used for TLS verification."""
+    """What requests' ``trust_env`` would have used for TLS verification."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-
-
-def _describe(exc: requests.RequestException) -> str:
-    kind = "Timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
-    text = f"{kind}: {exc}"
-    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."

@@ -1,7 +1,7 @@
-"""``CMSClient``: the public face that wires queue, worker, gate, retry policy and transport.
+"""``CMSClient``: the public face that wires queue, dispatcher, gate, retry policy, transport.
 
 ``track_*`` validates in the caller's thread, queues, and returns in microseconds; the
-worker delivers in the background. Only this module knows all the pieces.
+sender threads deliver in the background. Only this module knows all the pieces.
 """
 
 from __future__ import annotations
@@ -17,25 +17,21 @@ import weakref
 from typing import Any, Optional
 
 from cms_shipper._config import Settings, resolve_settings
+from cms_shipper._delivery import Delivery
+from cms_shipper._dispatcher import Dispatcher
 from cms_shipper._events import Event, build_lead, build_sale, event_of
+from cms_shipper._health import HealthGate
 from cms_shipper._ledger import Ledger
 from cms_shipper._log import RateLimitedLog, logger
-from cms_shipper._outcomes import Reporter, dropped, from_reply, invalid
-from cms_shipper._pacing import Gate
+from cms_shipper._outcomes import Reporter, dropped, invalid
 from cms_shipper._queue import EventQueue
-from cms_shipper._retry import RetryPolicy, classify
+from cms_shipper._retry import RetryPolicy
 from cms_shipper._spooling import Replayer, SpoolKeeper
-from cms_shipper._transport import Reply, Transport
-from cms_shipper._worker import Worker
+from cms_shipper._transport import Transport
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Outcome, Reason, Result, TrackResult
 
 __all__ = ["CMSClient"]
-
-# A 429 without Retry-After still pauses everyone briefly; each event's own backoff
-# grows from there.
-DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
-_STOPPED = Reply(None, error="stopped: the client is closing")
 
 
 class CMSClient:
@@ -49,6 +45,7 @@ class CMSClient:
             max_elapsed_s=s.retry_max_elapsed_s,
             initial_backoff_s=s.retry_initial_backoff_s,
             max_backoff_s=s.retry_max_backoff_s,
+            max_retry_after_s=s.max_retry_after_s,
         )
         self._closed = False
         self._keeper: Optional[SpoolKeeper] = None
@@ -74,17 +71,26 @@ class CMSClient:
         self._ledger = Ledger()
         self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
         self._stop = threading.Event()
-        self._gate = Gate(s.max_requests_per_minute)
-        self._transport = Transport(s.host, s.token, s.connect_timeout_s, s.read_timeout_s)
-        self._worker: Worker[TrackResult] = Worker(
+        self._gate = HealthGate(
+            max_requests_per_minute=s.max_requests_per_minute,
+            max_retry_after_s=s.max_retry_after_s,
+        )
+        self._transport = Transport(
+            s.host, s.token, s.connect_timeout_s, s.read_timeout_s, s.max_concurrent_requests
+        )
+        self._delivery = Delivery(self._transport, self._gate, self._policy, self._stop)
+        self._dispatcher: Dispatcher[TrackResult] = Dispatcher(
             self._queue,
-            self._deliver,
+            self._gate,
             key=_customer_key,
-            lanes=s.max_concurrent_requests,
+            attempt=self._delivery.attempt,
+            finish=self._finish_sent,
+            senders=s.max_concurrent_requests,
             batch_size=s.batch_size,
             flush_interval_s=s.flush_interval_s,
             stop=self._stop,
         )
+        self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
         self._log = RateLimitedLog()
         self._reporter = Reporter(s, self._log)
         self._ids = itertools.count(1)
@@ -189,11 +195,10 @@ class CMSClient:
                 dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
             )
         if s.sync_mode:
-            final = self._send_now(event)
+            receipt = TrackResult(cond=None, success=False, event_id=event.event_id, event=event)
+            receipt._seq = next(self._sync_seqs)
+            final = self._delivery.send_now(receipt, s.retry_max_elapsed_s)
             if self._keeper is not None:
-                receipt = TrackResult(
-                    cond=None, success=False, event_id=event.event_id, event=event
-                )
                 final = self._keeper.settle([receipt], [final])[0]
             return self._settle_now(final)
         result = TrackResult(
@@ -210,7 +215,7 @@ class CMSClient:
             )  # fmt: skip
             final = self._finish(result, final, queued=False)  # spooled, with a spool
             return _returned(final, self._ledger)
-        self._worker.ensure_started()
+        self._dispatcher.ensure_started()
         if self._replayer is not None:
             self._replayer.ensure_started()  # in a forked child, replay starts here
         return result
@@ -226,7 +231,7 @@ class CMSClient:
         if not self._queue.put(result):
             self._finish(result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False)
             return
-        self._worker.ensure_started()
+        self._dispatcher.ensure_started()
 
     def _room(self) -> int:
         return self._settings.max_queue_size - self._queue.unfinished()
@@ -237,33 +242,16 @@ class CMSClient:
         self._reporter.report(final)
         return _returned(final, self._ledger)
 
-    # -- delivery (lane threads, or the caller's thread in sync_mode) ---------------------
+    # -- delivery (sender threads, or the caller's thread in sync_mode) ------------------
 
-    def _attempt(self, event: Event) -> Reply:
-        if not self._gate.pass_through(self._stop):
-            return _STOPPED
-        reply = self._transport.send(event.path, event.body())
-        if reply.status_code == 429:
-            self._gate.block_for(reply.retry_after_s or DEFAULT_RATE_LIMIT_PAUSE_S)
-        elif reply.retry_after_s is not None and classify(reply) is None:
-            self._gate.block_for(reply.retry_after_s)  # e.g. 503 + Retry-After: server-wide
-        return reply
-
-    def _send_now(self, event: Event) -> Result:
-        reply, attempts = self._policy.run(
-            lambda: self._attempt(event), self._stop, self._gate.blocked_for
-        )
-        verdict = classify(reply)
-        if verdict is None:
-            if self._stop.is_set():
-                return dropped(event, Reason.SHUTDOWN, "the client closed before delivery")
-            verdict = (Outcome.FAILED, Reason.RETRIES_EXHAUSTED)
-        return from_reply(event, reply, verdict[0], verdict[1], attempts)
-
-    def _deliver(self, result: TrackResult) -> None:
-        final = self._send_now(event_of(result))
-        if final.reason is Reason.SHUTDOWN:
-            return  # close() settles everything still pending, in one place
+    def _finish_sent(self, result: TrackResult, final: Optional[Result]) -> None:
+        """A sender's last word on an event: settle it (an internal error fails it)."""
+        if final is None:
+            final = Result(
+                success=False, message="failed", error="internal error while delivering (logged)",
+                event_id=result.event_id, outcome=Outcome.FAILED,
+                reason=Reason.UNEXPECTED_STATUS, event=result.event,
+            )  # fmt: skip
         self._finish(result, final)
 
     def _finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> Result:
@@ -321,12 +309,12 @@ class CMSClient:
             if self._replayer is not None:
                 self._replayer.stop.set()  # claim nothing more from the spool
             self.flush(budget)
-            in_flight = self._worker.in_flight()
+            in_flight = self._dispatcher.in_flight()
             result = self._flush_result(self._ledger.counts()["pending"])
-            self._worker.stop(max(0.0, deadline - time.monotonic()))
+            self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
             self._settle_abandoned(budget, in_flight)
             self._transport.close()
-            if self._keeper is not None and self._worker.in_flight() == 0:
+            if self._keeper is not None and self._dispatcher.in_flight() == 0:
                 # With requests still in flight the connection stays open, so a late
                 # answer can still remove its event's row (closed at interpreter exit).
                 self._keeper.close()
@@ -339,6 +327,8 @@ class CMSClient:
             return
         message = f"not delivered within {budget:g} s of close"
         finals = [dropped(event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
+        for r in abandoned:
+            self._delivery.forget(r._seq)
         if self._keeper is not None:
             finals = self._keeper.settle(abandoned, finals)
         for result, final in zip(abandoned, finals):
@@ -361,11 +351,12 @@ class CMSClient:
         return await asyncio.to_thread(self.close, timeout_s)
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot: counts by outcome and reason, queue depth, requests in flight."""
+        """A snapshot: counts by outcome and reason, queue depth, in flight, the API's health."""
         snapshot = self._ledger.snapshot()
         snapshot["queue_depth"] = self._queue.depth()
-        snapshot["in_flight"] = self._worker.in_flight()
-        snapshot["rate_limited_for_s"] = round(self._gate.blocked_for(), 3)
+        snapshot["scheduled"] = self._dispatcher.held()
+        snapshot["in_flight"] = self._dispatcher.in_flight()
+        snapshot.update(self._gate.snapshot())
         snapshot["spool_dropped"] = snapshot["reasons"].get("dropped", {}).get("spool_full", 0)
         snapshot["spool_path"] = (
             self._keeper.path if self._keeper and self._keeper.enabled else None

@@ -114,11 +114,17 @@ def test_retries_exhausted_is_failed_after_exactly_max_attempts(
     assert len(cms_emulator.requests) == 3 and cms_emulator.events == []
 
 
-def test_server_down_fails_with_the_connection_error(make_client: ClientFactory) -> None:
-    client = make_client(host=f"http://127.0.0.1:{unused_port()}", retry_max_attempts=2)
-    final = client.track_lead("signup", "u1", click_id="c1").wait(10.0)
-    assert final.outcome is Outcome.FAILED and final.status_code is None
-    assert "ConnectionError" in (final.error or "")
+def test_server_down_opens_the_circuit_and_the_event_waits(make_client: ClientFactory) -> None:
+    client = make_client(host=f"http://127.0.0.1:{unused_port()}", retry_max_attempts=1)
+    result = client.track_lead("signup", "u1", click_id="c1")
+    assert wait_until(lambda: client.stats()["circuit"] in ("open", "probing"))
+    assert wait_until(lambda: client.stats()["uncharged_attempts"] >= 2)  # probed, uncharged
+    stats = client.stats()
+    assert not result.done() and stats["failed"] == 0 and stats["pending"] == 1
+    assert "Connection refused" in (stats["circuit_cause"] or "")
+    assert "_Watched" not in stats["circuit_cause"]  # no internals in the cause
+    closed = client.close(0.5)
+    assert closed.pending == 1 and result.wait(0).reason is Reason.SHUTDOWN
 
 
 def test_queue_full_drops_count_and_call_back(

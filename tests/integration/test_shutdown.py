@@ -74,7 +74,7 @@ def test_wait_honours_its_deadline(cms_emulator: Emulator, make_client: ClientFa
     assert answer.success is False and answer.outcome is None and not result.done()
 
 
-def test_retry_after_an_hour_does_not_hold_flush_or_close(
+def test_retry_after_an_hour_is_capped_and_does_not_hold_flush_or_close(
     cms_emulator: Emulator, make_client: ClientFactory
 ) -> None:
     cms_emulator.configure(rate_limit=1, rate_limit_window_s=3600.0)
@@ -84,7 +84,9 @@ def test_retry_after_an_hour_does_not_hold_flush_or_close(
     first = client.track_lead("s", "u0", click_id="c")
     assert first.wait(10.0).outcome is Outcome.DELIVERED
     blocked = [client.track_lead("s", f"u{i}", click_id="c") for i in range(1, 4)]
-    assert wait_until(lambda: client.stats()["rate_limited_for_s"] > 3000)
+    # Capped at max_retry_after_s (300 s by default), not an hour.
+    assert wait_until(lambda: client.stats()["rate_limited_for_s"] > 250)
+    assert client.stats()["rate_limited_for_s"] <= 300
     started = time.monotonic()
     assert not client.flush(0.3)
     closed = client.close(0.3)
@@ -97,12 +99,14 @@ def test_retry_after_an_hour_does_not_hold_flush_or_close(
     assert 1 <= statuses.count(429) <= 2 and len(statuses) == 1 + statuses.count(429)
 
 
-def test_retry_after_beyond_the_retry_budget_fails_the_event_at_once(
+def test_a_429_costs_the_event_no_attempt_even_past_its_retry_budget(
     cms_emulator: Emulator, make_client: ClientFactory
 ) -> None:
-    cms_emulator.configure(rate_limit=1, rate_limit_window_s=3600.0)
-    client = make_client(retry_max_elapsed_s=30.0)
-    client.track_lead("s", "u0", click_id="c").wait(10.0)
+    cms_emulator.configure(rate_limit=1, rate_limit_window_s=1.5)
+    client = make_client(retry_max_attempts=1, retry_max_elapsed_s=0.0)
+    assert client.track_lead("s", "u0", click_id="c").wait(10.0).outcome is Outcome.DELIVERED
     final = client.track_lead("s", "u1", click_id="c").wait(10.0)
-    assert final.outcome is Outcome.FAILED and final.status_code == 429
-    assert "1 attempt" in (final.error or "")
+    assert final.outcome is Outcome.DELIVERED  # waited for Retry-After, then delivered
+    statuses = [r.status for r in cms_emulator.requests]
+    assert statuses.count(429) >= 1 and statuses.count(200) == 2
+    assert client.stats()["uncharged_attempts"] == statuses.count(429)

@@ -1,9 +1,6 @@
-"""The bounded queue: bound by unfinished items, batching wake-ups, urgent drain."""
+"""The bounded queue: bound by unfinished items, one notify per batch, FIFO takes."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 from cms_shipper._queue import EventQueue
 
@@ -29,35 +26,26 @@ def test_take_is_fifo_and_bounded_by_limit() -> None:
     assert queue.take(5) == []
 
 
-def test_wait_returns_when_a_batch_is_ready() -> None:
-    queue: EventQueue[int] = EventQueue(maxsize=100, batch_size=3)
-    woke = threading.Event()
-
-    def consumer() -> None:
-        queue.wait(30.0)
-        woke.set()
-
-    thread = threading.Thread(target=consumer)
-    thread.start()
-    queue.put(1)
-    queue.put(2)
-    assert not woke.wait(0.05)  # below a batch, the consumer keeps sleeping
-    queue.put(3)
-    assert woke.wait(10.0)
-    thread.join(10.0)
-
-
-def test_wake_stays_urgent_until_the_queue_is_empty() -> None:
-    queue: EventQueue[int] = EventQueue(maxsize=100, batch_size=10)
-    for i in range(25):
+def test_notifies_once_per_batch_and_again_after_a_take() -> None:
+    queue: EventQueue[int] = EventQueue(maxsize=1000, batch_size=3)
+    calls: list[int] = []
+    queue.notify = lambda: calls.append(queue.depth())
+    for i in range(2):
         queue.put(i)
+    assert calls == []  # below a batch: nobody is woken
+    for i in range(2, 10):
+        queue.put(i)
+    assert calls == [3]  # once, when the batch became ready
+    queue.take(100)
+    for i in range(3):
+        queue.put(i)
+    assert calls == [3, 3]
+
+
+def test_wake_notifies_whatever_is_waiting() -> None:
+    queue: EventQueue[int] = EventQueue(maxsize=100, batch_size=10)
+    calls: list[int] = []
+    queue.notify = lambda: calls.append(queue.depth())
+    queue.put(1)
     queue.wake()
-    drained: list[int] = []
-    for _ in range(3):
-        queue.wait(30.0)  # would block 30 s per call if the flush request were forgotten
-        drained += queue.take(10)
-    assert drained == list(range(25))
-    queue.put(99)
-    started = time.monotonic()
-    queue.wait(0.2)  # no longer urgent and below a batch: sleeps its interval
-    assert time.monotonic() - started >= 0.15
+    assert calls == [1]

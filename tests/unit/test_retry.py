@@ -1,22 +1,27 @@
-"""Retry decisions and backoff, with a recorded sleep and a frozen clock: nothing really waits."""
+"""Reply classification and the retry decision ("retry? after how long?"): nothing waits."""
 
 from __future__ import annotations
 
-import threading
-import time
+import math
 from typing import Optional
 
 import pytest
-from freezegun import freeze_time
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cms_shipper._retry import RetryPolicy, classify
-from cms_shipper._transport import Reply, parse_retry_after
+from cms_shipper._retry import Kind, RetryPolicy, classify, final_outcome
+from cms_shipper._transport import Reply
 from cms_shipper.results import Outcome, Reason
 
 
-@pytest.mark.parametrize("status", [None, 408, 429, 500, 502, 503, 504])
-def test_transient_answers_are_retryable(status: Optional[int]) -> None:
-    assert classify(Reply(status, error=None if status else "ConnectionError: x")) is None
+@pytest.mark.parametrize("status", [None, 500, 502, 503, 504])
+def test_server_failures_are_trouble(status: Optional[int]) -> None:
+    assert classify(Reply(status, error=None if status else "ConnectionError: x")) is Kind.TROUBLE
+
+
+def test_429_is_a_rate_limit_and_408_an_own_retry() -> None:
+    assert classify(Reply(429)) is Kind.RATE_LIMITED
+    assert classify(Reply(408)) is Kind.RETRY
 
 
 @pytest.mark.parametrize(
@@ -27,147 +32,58 @@ def test_transient_answers_are_retryable(status: Optional[int]) -> None:
         (409, (Outcome.DUPLICATE, Reason.ALREADY_RECORDED)),
         (400, (Outcome.REJECTED, Reason.HTTP_ERROR)),
         (401, (Outcome.REJECTED, Reason.HTTP_ERROR)),
-        (403, (Outcome.REJECTED, Reason.HTTP_ERROR)),
-        (404, (Outcome.REJECTED, Reason.HTTP_ERROR)),
         (422, (Outcome.REJECTED, Reason.HTTP_ERROR)),
         (301, (Outcome.FAILED, Reason.UNEXPECTED_STATUS)),
         (501, (Outcome.FAILED, Reason.UNEXPECTED_STATUS)),
     ],
 )
 def test_final_answers(status: int, expected: tuple[Outcome, Reason]) -> None:
-    assert classify(Reply(status)) == expected
+    assert classify(Reply(status)) is Kind.FINAL
+    assert final_outcome(status) == expected
 
 
-class Script:
-    """Replies in order, counting calls."""
-
-    def __init__(self, *replies: Reply) -> None:
-        self.replies = list(replies)
-        self.calls = 0
-
-    def __call__(self) -> Reply:
-        self.calls += 1
-        return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-
-
-def policy(sleeps: list[float], **overrides: float) -> RetryPolicy:
+def policy(**overrides: float) -> RetryPolicy:
     settings = {"max_attempts": 5, "max_elapsed_s": 60.0, "initial_backoff_s": 1.0,
-                "max_backoff_s": 8.0, **overrides}  # fmt: skip
-    return RetryPolicy(sleep=sleeps.append, **settings)  # type: ignore[arg-type]
+                "max_backoff_s": 8.0, "max_retry_after_s": 300.0, **overrides}  # fmt: skip
+    return RetryPolicy(**settings)  # type: ignore[arg-type]
 
 
-def test_retries_until_success_with_full_jitter_bounded_by_the_exponential() -> None:
-    sleeps: list[float] = []
-    script = Script(Reply(503), Reply(None, error="ConnectionError"), Reply(502), Reply(200))
-    reply, attempts = policy(sleeps).run(script, threading.Event())
-    assert reply.status_code == 200 and attempts == 4 == script.calls
-    assert len(sleeps) == 3
-    for n, slept in enumerate(sleeps):
-        assert 0.0 <= slept <= min(8.0, 1.0 * 2**n)
+def test_full_jitter_bounded_by_the_exponential_and_the_cap() -> None:
+    p = policy(max_attempts=100, max_elapsed_s=1e9)
+    for attempts in range(1, 40):
+        for _ in range(20):
+            delay = p.next_delay(attempts, 0.0)
+            assert delay is not None and 0.0 <= delay <= min(8.0, 2 ** (attempts - 1))
 
 
-def test_backoff_is_capped_at_max_backoff() -> None:
-    sleeps: list[float] = []
-    policy(sleeps, max_attempts=12, max_elapsed_s=1e9).run(Script(Reply(500)), threading.Event())
-    assert len(sleeps) == 11 and max(sleeps) <= 8.0
+def test_gives_up_after_max_attempts() -> None:
+    p = policy(max_attempts=3)
+    assert p.next_delay(1, 0.0) is not None and p.next_delay(2, 0.0) is not None
+    assert p.next_delay(3, 0.0) is None
 
 
-def test_gives_up_after_max_attempts_and_returns_the_last_reply() -> None:
-    sleeps: list[float] = []
-    script = Script(Reply(500), Reply(504))
-    reply, attempts = policy(sleeps, max_attempts=3).run(script, threading.Event())
-    assert (reply.status_code, attempts, len(sleeps)) == (504, 3, 2)
+def test_gives_up_before_a_wait_that_would_pass_the_elapsed_budget() -> None:
+    p = policy(max_attempts=100, max_elapsed_s=10.0, initial_backoff_s=4.0, max_backoff_s=4.0)
+    # Retry-After 4 s: after 0 s elapsed the retry would start at 4 s, after 8 s at 12 s.
+    assert p.next_delay(1, 0.0, retry_after_s=4.0) == 4.0
+    assert p.next_delay(2, 4.0, retry_after_s=4.0) == 4.0
+    assert p.next_delay(3, 8.0, retry_after_s=4.0) is None
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
-def test_final_answers_are_never_retried(status: int) -> None:
-    sleeps: list[float] = []
-    script = Script(Reply(status))
-    reply, attempts = policy(sleeps).run(script, threading.Event())
-    assert (reply.status_code, attempts, sleeps) == (status, 1, [])
+def test_retry_after_is_a_floor_and_capped() -> None:
+    p = policy(max_elapsed_s=1e9, max_retry_after_s=120.0)
+    assert p.next_delay(1, 0.0, retry_after_s=7.0) == 7.0
+    assert p.next_delay(1, 0.0, retry_after_s=9_999_999_999.0) == 120.0
+    assert p.next_delay(1, 0.0, retry_after_s=math.inf) == 120.0
 
 
-def test_retry_after_is_a_floor() -> None:
-    sleeps: list[float] = []
-    script = Script(Reply(429, retry_after_s=7.0), Reply(200))
-    policy(sleeps, initial_backoff_s=0.01, max_backoff_s=0.02).run(script, threading.Event())
-    assert sleeps == [7.0]
-
-
-def test_the_gate_blackout_is_a_floor_too() -> None:
-    sleeps: list[float] = []
-    script = Script(Reply(503), Reply(200))
-    policy(sleeps, initial_backoff_s=0.01, max_backoff_s=0.02).run(
-        script, threading.Event(), floor=lambda: 4.5
-    )
-    assert sleeps == [4.5]
-
-
-def test_elapsed_bound_stops_before_a_sleep_that_would_pass_it() -> None:
-    with freeze_time("2026-01-01", tick=False) as clock:
-        sleeps: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-            clock.tick(seconds)
-
-        retry = RetryPolicy(max_attempts=100, max_elapsed_s=10.0, initial_backoff_s=4.0,
-                            max_backoff_s=4.0, sleep=sleep)  # fmt: skip
-        # Retry-After 4 s each time: sleeps at 0+4, 4+4, then 8+4 >= 10 stops.
-        reply, attempts = retry.run(Script(Reply(503, retry_after_s=4.0)), threading.Event())
-    assert attempts == 3 and sleeps == [4.0, 4.0]
-    assert reply.status_code == 503
-
-
-def test_retry_after_longer_than_the_budget_gives_up_at_once() -> None:
-    sleeps: list[float] = []
-    reply, attempts = policy(sleeps).run(
-        Script(Reply(429, retry_after_s=3600.0)), threading.Event()
-    )
-    assert (reply.status_code, attempts, sleeps) == (429, 1, [])
-
-
-def test_a_set_stop_event_ends_retrying() -> None:
-    stop = threading.Event()
-    calls: list[int] = []
-
-    def attempt() -> Reply:
-        calls.append(1)
-        stop.set()  # close() arrives while the first attempt is in flight
-        return Reply(503)
-
-    reply, attempts = RetryPolicy(
-        max_attempts=5, max_elapsed_s=60, initial_backoff_s=30, max_backoff_s=30
-    ).run(attempt, stop)
-    assert (reply.status_code, attempts) == (503, 1)
-
-
-def test_default_sleep_is_cut_short_by_the_stop_event() -> None:
-    stop = threading.Event()
-    timer = threading.Timer(0.05, stop.set)
-    timer.start()
-    retry = RetryPolicy(max_attempts=2, max_elapsed_s=600, initial_backoff_s=300, max_backoff_s=300)
-    started = time.monotonic()
-    reply, attempts = retry.run(Script(Reply(429, retry_after_s=300.0)), stop)
-    assert time.monotonic() - started < 30  # not the 300 s Retry-After
-    # The cut-short sleep is followed by the last attempt (which the client's gate turns
-    # into a no-op once stopped), then the attempt bound ends it.
-    assert (reply.status_code, attempts) == (429, 2)
-    timer.cancel()
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        ("120", 120.0),
-        (" 5 ", 5.0),
-        ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0),
-        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past: no wait
-        ("soon", None),
-        (None, None),
-        ("-3", None),
-    ],
+@given(
+    attempts=st.integers(min_value=-5, max_value=10**6),
+    elapsed=st.floats(allow_nan=True, allow_infinity=True),
+    retry_after=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
 )
-def test_parse_retry_after(header: Optional[str], expected: Optional[float]) -> None:
-    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
-    assert parse_retry_after(header, now=now) == expected
+def test_any_inputs_give_a_bounded_delay_or_none(
+    attempts: int, elapsed: float, retry_after: Optional[float]
+) -> None:
+    delay = policy(max_attempts=10**7, max_elapsed_s=1e9).next_delay(attempts, elapsed, retry_after)
+    assert delay is None or 0.0 <= delay <= 300.0
