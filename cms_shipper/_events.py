@@ -30,15 +30,50 @@ _CURRENCY = re.compile(r"[A-Za-z]{3}")
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
+# The wire fields of each endpoint, in the order ``Event.values`` holds them.
+_KEYS = {
+    LEAD: ("eventName", "customerExternalId", "clickId", "customerName", "customerEmail",
+           "customerAvatar", "mode"),
+    SALE: ("eventName", "customerExternalId", "clickId", "customerName", "customerEmail",
+           "customerAvatar", "invoiceId", "amount", "currency"),
+}  # fmt: skip
+
+
 class Event(NamedTuple):
-    """One validated event: immutable, holds no token, safe to log and to persist."""
+    """One validated event: immutable, holds no token, safe to log and to persist.
+
+    A backlog of these can sit in memory, so the wire fields are a tuple of values in
+    ``_KEYS`` order (trailing absent ones left out) rather than a dict per event.
+    """
 
     event_id: str
     endpoint: str  # LEAD or SALE
     customer_key: str  # customer_external_id: the unit of ordering
-    payload: dict[str, Any]  # camelCase wire fields, without the timestamp if it was implicit
+    values: tuple[Any, ...]  # wire field values in _KEYS[endpoint] order; None = absent
     tracked_at: float  # time.time() at the track_* call
     timestamp: Optional[str]  # caller's timestamp, normalized ISO 8601 UTC
+
+    @classmethod
+    def of(
+        cls,
+        event_id: str,
+        endpoint: str,
+        payload: dict[str, Any],
+        tracked_at: float,
+        timestamp: Optional[str],
+    ) -> Event:
+        """An event from its camelCase wire fields (as ``payload`` gives them back)."""
+        values = [payload.get(key) for key in _KEYS[endpoint]]
+        while values and values[-1] is None:
+            values.pop()
+        return cls(
+            event_id, endpoint, payload["customerExternalId"], tuple(values), tracked_at, timestamp
+        )
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The camelCase wire fields, without the timestamp if it was implicit."""
+        return {k: v for k, v in zip(_KEYS[self.endpoint], self.values) if v is not None}
 
     @property
     def path(self) -> str:
@@ -47,7 +82,7 @@ class Event(NamedTuple):
 
     def body(self) -> dict[str, Any]:
         """The JSON body; the timestamp is the caller's, else the moment track_* ran."""
-        body = dict(self.payload)
+        body = self.payload
         body["timestamp"] = self.timestamp or format_timestamp(self.tracked_at)
         return body
 
@@ -173,9 +208,7 @@ def build_lead(
         if "clickId" not in payload:
             raise ValidationError("click_id", 'is required when mode="deferred"')
         payload["mode"] = mode
-    return Event(
-        event_id, LEAD, payload["customerExternalId"], payload, tracked_at, _timestamp(timestamp)
-    )
+    return Event.of(event_id, LEAD, payload, tracked_at, _timestamp(timestamp))
 
 
 def _amount(value: Any) -> int:
@@ -225,6 +258,4 @@ def build_sale(
     payload["invoiceId"] = _text("invoice_id", invoice_id, required=True)
     payload["amount"] = _amount(amount)
     payload["currency"] = _currency(currency)
-    return Event(
-        event_id, SALE, payload["customerExternalId"], payload, tracked_at, _timestamp(timestamp)
-    )
+    return Event.of(event_id, SALE, payload, tracked_at, _timestamp(timestamp))

@@ -236,9 +236,7 @@ class Spool:
                 "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
                 [(self.owner, now + self._lease_s, row[0]) for row in rows],
             )
-            return [
-                Event(row[1], row[2], row[3], json.loads(row[4]), row[5], row[6]) for row in rows
-            ]
+            return [Event.of(row[1], row[2], json.loads(row[4]), row[5], row[6]) for row in rows]
 
         result: list[Event] = self._run(work)
         return result
