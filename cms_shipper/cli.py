@@ -7,9 +7,12 @@ would show in ``ps`` and in shell history.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
-from typing import Any, Optional
+import threading
+from typing import TYPE_CHECKING, Any, Optional
 
 from cms_shipper._config import CMS_BEARER_TOKEN, CMS_HOST
 from cms_shipper._spool import SpoolError
@@ -17,6 +20,9 @@ from cms_shipper._version import __version__
 from cms_shipper.client import CMSClient
 from cms_shipper.errors import ConfigurationError
 from cms_shipper.results import Outcome, Result
+
+if TYPE_CHECKING:  # imported by the emulator command itself, only when it runs
+    from cms_shipper.emulator import Emulator
 
 __all__ = ["main"]
 
@@ -38,6 +44,51 @@ def _add_send_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_emulator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--token", default="test-token", help="the token it accepts")
+    parser.add_argument("--any-token", action="store_true", help="accept any bearer token")
+    parser.add_argument("--rate-limit", type=int, help="requests per window, then 429")
+    parser.add_argument("--rate-limit-window-s", type=float, default=60.0)
+    parser.add_argument(
+        "--no-retry-after", action="store_true", help="429s of the rate limit carry no Retry-After"
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0, help="0..1")
+    parser.add_argument("--error-status", type=int, default=503)
+    parser.add_argument("--seed", type=int)
+    _add_emulator_fault_options(parser)
+
+
+def _add_emulator_fault_options(parser: argparse.ArgumentParser) -> None:
+    outage = parser.add_argument_group("outage (scheduled when --outage-after-s or --outage-s)")
+    outage.add_argument("--outage-after-s", type=float, metavar="S", help="start S s after start")
+    outage.add_argument("--outage-s", type=float, metavar="S", help="last S s (default: till exit)")
+    outage.add_argument(
+        "--outage-mode", choices=["status", "reset", "refuse"], default="status",
+        help="answer --outage-status, close unanswered, or stop listening (refused)",
+    )  # fmt: skip
+    outage.add_argument("--outage-status", type=int, default=503, help="for --outage-mode status")
+    customers = parser.add_argument_group("failing customers")
+    customers.add_argument(
+        "--fail-customer", action="append", default=[], metavar="ID",
+        help="fail every request of this customerExternalId (repeatable)",
+    )  # fmt: skip
+    customers.add_argument("--fail-customer-status", type=int, default=503, metavar="STATUS")
+    replies = parser.add_argument_group("reply faults, on every /track answer")
+    replies.add_argument(
+        "--trickle-interval-s", type=float, default=0.0, metavar="S", help="one body byte per S s"
+    )
+    replies.add_argument(
+        "--reply-padding-bytes", type=int, default=0, metavar="N", help="an N-char padding field"
+    )
+    replies.add_argument("--endless-reply", action="store_true", help="a chunked body, never ends")
+    replies.add_argument(
+        "--nested-reply-depth", type=int, default=0, metavar="N", help="the body is [[...]] N deep"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cms-shipper", description="CutMeShort conversion events from the command line."
@@ -56,16 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sale.add_argument("--currency", required=True, help="3 letters, e.g. USD")
 
     emulator = commands.add_parser("emulator", help="run the local CutMeShort API emulator")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8787)
-    emulator.add_argument("--token", default="test-token", help="the token it accepts")
-    emulator.add_argument("--any-token", action="store_true", help="accept any bearer token")
-    emulator.add_argument("--rate-limit", type=int, help="requests per window, then 429")
-    emulator.add_argument("--rate-limit-window-s", type=float, default=60.0)
-    emulator.add_argument("--latency-ms", type=float, default=0.0)
-    emulator.add_argument("--error-rate", type=float, default=0.0, help="0..1")
-    emulator.add_argument("--error-status", type=int, default=503)
-    emulator.add_argument("--seed", type=int)
+    _add_emulator_options(emulator)
 
     spool = commands.add_parser("spool", help="inspect, replay or purge an on-disk spool")
     spool.add_argument("action", choices=["status", "replay", "purge"])
@@ -125,7 +167,13 @@ def _emulator(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit, rate_limit_window_s=args.rate_limit_window_s,
         latency_s=args.latency_ms / 1000.0, error_rate=args.error_rate,
         error_status=args.error_status, seed=args.seed,
+        rate_limit_retry_after=not args.no_retry_after,
+        trickle_interval_s=args.trickle_interval_s, reply_padding_bytes=args.reply_padding_bytes,
+        endless_reply=args.endless_reply, nested_reply_depth=args.nested_reply_depth,
     )  # fmt: skip
+    for customer in args.fail_customer:
+        emulator.fail_customer(customer, status=args.fail_customer_status)
+    outage = _outage_timer(emulator, args)  # validated before anything listens
     emulator.start()
     token = "any token" if args.any_token else args.token
     print(
@@ -134,8 +182,35 @@ def _emulator(args: argparse.Namespace) -> int:
         "Ctrl-C stops it.",
         flush=True,
     )
-    emulator.run_forever()  # already started (to know the port); serves until Ctrl-C
+    if outage is not None:
+        outage.start()
+    try:
+        emulator.run_forever()  # already started (to know the port); serves until Ctrl-C
+    finally:
+        if outage is not None:
+            outage.cancel()
     return EXIT_OK
+
+
+def _outage_timer(emulator: Emulator, args: argparse.Namespace) -> Optional[threading.Timer]:
+    """A timer that starts the requested outage, or None; raises ValueError on bad values."""
+    from cms_shipper.emulator._faults import check_outage  # noqa: PLC0415
+
+    if args.outage_after_s is None and args.outage_s is None:
+        return None
+    after_s = 0.0 if args.outage_after_s is None else args.outage_after_s
+    if not (math.isfinite(after_s) and after_s >= 0):
+        raise ValueError(f"--outage-after-s must be a finite number >= 0, got {after_s!r}")
+    check_outage(args.outage_s, args.outage_status, args.outage_mode)
+
+    def begin() -> None:
+        # Ctrl-C may have stopped the emulator just before: a refuse outage then has no port.
+        with contextlib.suppress(RuntimeError):
+            emulator.outage(args.outage_s, status=args.outage_status, mode=args.outage_mode)
+
+    timer = threading.Timer(after_s, begin)
+    timer.daemon = True  # never holds up exit
+    return timer
 
 
 def _spool(args: argparse.Namespace) -> int:

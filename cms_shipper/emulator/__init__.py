@@ -10,8 +10,25 @@
         emu.outage(2.0)                                 # every /track answers 503 for 2 s
 
 It enforces auth, field validation (422 with details), deferred click associations and
-invoice dedup (409), and a per-token rate limit (429 with Retry-After); it injects
-latency, random errors, outages and dropped connections; and it records what it got.
+invoice dedup (409), and a per-token rate limit (429, with Retry-After unless
+``rate_limit_retry_after=False``); and it records what it got. Faults (``cms-shipper
+emulator`` flags in brackets):
+
+- ``latency_s``, ``error_rate``/``error_status`` [--latency-ms, --error-rate, --error-status];
+- ``outage(duration_s, status=, mode=)``: "status" answers an error, "reset" closes each
+  connection unanswered, "refuse" stops listening (ECONNREFUSED) and listens on the same
+  port after; ``end_outage()``, ``outage_active`` [--outage-after-s, --outage-s,
+  --outage-mode, --outage-status];
+- ``fail_customer(id, status=, count=, mode=)``, ``clear_customer_failures(id=None)``: one
+  customer's requests fail, unrecorded [--fail-customer, --fail-customer-status];
+- ``drop_connection_after_record(count)``: recorded, then closed unanswered;
+- reply faults on every /track answer, any status: ``trickle_interval_s`` (one body byte
+  per interval), ``reply_padding_bytes`` (a streamed "padding" field), ``endless_reply``
+  (chunked, never ends), ``nested_reply_depth`` (``[[[...]]]``) [--trickle-interval-s,
+  --reply-padding-bytes, --endless-reply, --nested-reply-depth].
+
+Settings go to ``Emulator(...)`` or ``configure(...)``; ``reset()`` ends outages, clears
+customer failures and puts the settings back to the constructor's.
 Over HTTP, without auth: ``GET /_emulator/events``, ``GET /_emulator/requests``,
 ``POST /_emulator/reset``, ``GET /_emulator/health``.
 """

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import enum
-import math
 import threading
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type, Union
 
-from cms_shipper.emulator._server import EmulatorServer
+from cms_shipper.emulator._faults import (
+    CustomerFailure,
+    FailMode,
+    OutageMode,
+    check_customer_failure,
+    check_outage,
+)
+from cms_shipper.emulator._listener import Listener
 from cms_shipper.emulator._settings import Settings
-from cms_shipper.emulator._state import OutageMode, RecordedEvent, RequestLog, State
+from cms_shipper.emulator._state import RecordedEvent, RequestLog, State
 
 __all__ = ["Emulator"]
-
-_POLL_S = 0.05  # how often serve_forever notices shutdown(); bounds how long stop() takes
-_JOIN_S = 2.0
 
 
 class _Unset(enum.Enum):
@@ -41,55 +44,46 @@ class Emulator:
         error_status: int = 503,
         seed: Optional[int] = None,
         retry_after_s: Optional[float] = None,
+        rate_limit_retry_after: bool = True,
+        trickle_interval_s: float = 0.0,
+        reply_padding_bytes: int = 0,
+        endless_reply: bool = False,
+        nested_reply_depth: int = 0,
     ) -> None:
         if not (isinstance(port, int) and 0 <= port <= 65535):
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
         settings = Settings(
             token=token, rate_limit=rate_limit, rate_limit_window_s=rate_limit_window_s,
             latency_s=latency_s, error_rate=error_rate, error_status=error_status,
-            retry_after_s=retry_after_s, seed=seed,
+            retry_after_s=retry_after_s, seed=seed, rate_limit_retry_after=rate_limit_retry_after,
+            trickle_interval_s=trickle_interval_s, reply_padding_bytes=reply_padding_bytes,
+            endless_reply=endless_reply, nested_reply_depth=nested_reply_depth,
         )  # fmt: skip
-        self._host, self._port = host, port
         self._state = State(settings)
-        self._lock = threading.Lock()  # guards start/stop against each other
-        self._server: Optional[EmulatorServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._listener = Listener(host, port, self._state)
         self._stopped = threading.Event()
         self._stopped.set()
 
     def __repr__(self) -> str:
-        where = self.url if self._port or self._server else "not started"
+        where = self.url if self._listener.port else "not started"
         return f"Emulator({where}, running={self.running})"
 
     # Lifecycle.
 
     def start(self) -> Emulator:
         """Start serving in a daemon thread; returns self."""
-        with self._lock:
-            if self._server is not None:
-                raise RuntimeError("the emulator is already running")
-            server = EmulatorServer((self._host, self._port), self._state)
-            self._port = int(server.server_address[1])
-            thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": _POLL_S},
-                name=f"cms-shipper-emulator-{self._port}",
-                daemon=True,
-            )
-            self._server, self._thread = server, thread
-            self._stopped.clear()
-            thread.start()
+        self._stopped.clear()  # before serving, so that a racing stop() is never missed
+        try:
+            self._listener.start()
+        except BaseException:
+            if not self._listener.running:
+                self._stopped.set()
+            raise
         return self
 
     def stop(self) -> None:
-        """Stop serving and drop open connections; idempotent and prompt."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is None or thread is None:
-            return
-        server.stop()
-        thread.join(_JOIN_S)
+        """Stop serving, drop open connections and end any outage timer; idempotent, prompt."""
+        self._listener.stop()
         self._stopped.set()
 
     def run_forever(self) -> None:
@@ -118,20 +112,20 @@ class Emulator:
 
     @property
     def running(self) -> bool:
-        """Whether the emulator is serving."""
-        return self._server is not None
+        """Whether the emulator is serving (or refusing connections during an outage)."""
+        return self._listener.running
 
     @property
     def port(self) -> int:
         """The TCP port it listens on (known once started when constructed with port=0)."""
-        if not self._port:
+        if not self._listener.port:
             raise RuntimeError("the port is chosen at start(); start the emulator first")
-        return self._port
+        return self._listener.port
 
     @property
     def url(self) -> str:
         """Base URL to give the client, e.g. ``http://127.0.0.1:54321``."""
-        return f"http://{self._host}:{self.port}"
+        return f"http://{self._listener.host}:{self.port}"
 
     # The record.
 
@@ -161,6 +155,7 @@ class Emulator:
     def reset(self) -> None:
         """Forget events, requests, associations, invoices, rate windows; undo faults."""
         self._state.reset()
+        self._listener.end_refusal()
 
     # Faults.
 
@@ -175,32 +170,67 @@ class Emulator:
         token: Union[str, _Unset, None] = _UNSET,
         retry_after_s: Union[float, _Unset, None] = _UNSET,
         seed: Union[int, _Unset, None] = _UNSET,
+        rate_limit_retry_after: Union[bool, _Unset] = _UNSET,
+        trickle_interval_s: Union[float, _Unset] = _UNSET,
+        reply_padding_bytes: Union[int, _Unset] = _UNSET,
+        endless_reply: Union[bool, _Unset] = _UNSET,
+        nested_reply_depth: Union[int, _Unset] = _UNSET,
     ) -> None:
         """Change settings from now on; arguments left out keep their value."""
         given: Dict[str, Any] = {
             "latency_s": latency_s, "error_rate": error_rate, "error_status": error_status,
             "rate_limit": rate_limit, "rate_limit_window_s": rate_limit_window_s,
             "token": token, "retry_after_s": retry_after_s, "seed": seed,
+            "rate_limit_retry_after": rate_limit_retry_after,
+            "trickle_interval_s": trickle_interval_s, "reply_padding_bytes": reply_padding_bytes,
+            "endless_reply": endless_reply, "nested_reply_depth": nested_reply_depth,
         }  # fmt: skip
         self._state.configure(**{k: v for k, v in given.items() if v is not _UNSET})
 
     def outage(
         self, duration_s: Optional[float] = None, *, status: int = 503, mode: OutageMode = "status"
     ) -> None:
-        """Fail every /track request, unrecorded, for ``duration_s`` (None: until end_outage)."""
-        if duration_s is not None and not (
-            isinstance(duration_s, (int, float)) and math.isfinite(duration_s) and duration_s >= 0
-        ):
-            raise ValueError(f"duration_s must be None or a finite number >= 0, got {duration_s!r}")
-        if not (isinstance(status, int) and 400 <= status <= 599):
-            raise ValueError(f"status must be within [400, 599], got {status!r}")
-        if mode not in ("status", "reset"):
-            raise ValueError(f"mode must be 'status' or 'reset', got {mode!r}")
-        self._state.outage(duration_s, status, mode)
+        """Fail every /track request, unrecorded, for ``duration_s`` (None: until end_outage).
+
+        ``mode="status"`` answers ``status``; ``"reset"`` closes each connection unanswered;
+        ``"refuse"`` stops listening (connections refused) and drops every connection, then
+        listens on the same port again; it needs a running emulator (else RuntimeError).
+        A new outage replaces the current one.
+        """
+        check_outage(duration_s, status, mode)
+        if mode == "refuse":
+            self._state.end_outage()
+            self._listener.refuse(duration_s)
+        else:
+            # Set first, so that no request slips in between listening again and the outage.
+            self._state.outage(duration_s, status, mode)
+            self._listener.end_refusal()
 
     def end_outage(self) -> None:
         """End the outage now."""
         self._state.end_outage()
+        self._listener.end_refusal()
+
+    @property
+    def outage_active(self) -> bool:
+        """Whether an outage (of any mode) holds now."""
+        return self._listener.refusing or self._state.outage_active
+
+    def fail_customer(
+        self,
+        customer_external_id: str,
+        *,
+        status: int = 503,
+        count: Optional[int] = None,
+        mode: FailMode = "status",
+    ) -> None:
+        """Fail, unrecorded, this customer's next ``count`` /track requests (None: all)."""
+        check_customer_failure(customer_external_id, status, count, mode)
+        self._state.fail_customer(customer_external_id, CustomerFailure(status, count, mode))
+
+    def clear_customer_failures(self, customer_external_id: Optional[str] = None) -> None:
+        """Remove the failure rule of one customer, or every rule (None)."""
+        self._state.clear_customer_failures(customer_external_id)
 
     def drop_connection_after_record(self, count: int = 1) -> None:
         """Record the next ``count`` accepted /track requests, then close without answering."""

@@ -1,9 +1,10 @@
 """HTTP on top of ``State``: a threading HTTP/1.1 server with keep-alive and control routes.
 
 Every answer carries Content-Length and every body is read to exactly its length, so
-keep-alive connections stay in step. ``stop()`` must return promptly whatever handlers
-are doing: latency waits on an ``Event`` that ``stop()`` sets, and open connections
-(idle keep-alive ones included) are shut down so their threads leave at once.
+keep-alive connections stay in step (but for the endless reply fault, which is chunked
+and closes). ``stop()`` must return promptly whatever handlers are doing: latency and
+trickle wait on an ``Event`` that ``stop()`` sets, and open connections (idle keep-alive
+ones included) are shut down so their threads leave at once, even mid-write.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Set, Tuple
 
+from cms_shipper.emulator._replies import shape, write
 from cms_shipper.emulator._rules import Answer, error
+from cms_shipper.emulator._settings import Settings
 from cms_shipper.emulator._state import State, TrackRequest
 from cms_shipper.emulator._validation import Endpoint
 
@@ -35,6 +38,9 @@ class EmulatorServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that knows its ``State`` and can drop every connection."""
 
     daemon_threads = True  # a handler stuck on a slow client must not hold up exit
+    # SO_REUSEADDR: after a refuse outage the same port is bound again, while the
+    # connections it dropped may still sit in TIME_WAIT.
+    allow_reuse_address = True
 
     def __init__(self, address: Tuple[str, int], state: State) -> None:
         self.state = state
@@ -136,19 +142,19 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = ENDPOINTS.get(path)
         if endpoint is None:
             state.log(path, 404, payload, arrived_at)
-            self._send(error(404, "Not found"))
+            self._send(error(404, "Not found"), state.settings)
             return
         state.enter()
         try:
             answer = state.arrive(path, payload, arrived_at)
             if answer is None:
                 # Held here, outside the lock; stop() sets the event and cuts the wait short.
-                if self.server.stopping.wait(state.latency_s):
+                if self.server.stopping.wait(state.settings.latency_s):
                     self._abort()
                     return
                 auth = self.headers.get("Authorization")
                 answer = state.decide(TrackRequest(path, endpoint, auth, payload, arrived_at))
-            self._send(answer)
+            self._send(answer, state.settings)
         finally:
             state.leave()
 
@@ -169,23 +175,20 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def _send(self, answer: Answer) -> None:
+    def _send(self, answer: Answer, faults: Optional[Settings] = None) -> None:
+        """Answer, with the reply faults of ``faults`` (None: control routes, bad bodies)."""
         if answer.status is None:
             self._abort()
             return
-        data = json.dumps(answer.body).encode("utf-8")
+        body = shape(answer.body or {}, faults)
+        trickle_s = 0.0 if faults is None else faults.trickle_interval_s
         try:
-            self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in answer.headers:
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:  # the client went away first; nothing to tell it
+            done = write(self, answer.status, answer.headers, body, trickle_s, self.server.stopping)
+        except OSError:  # the client went away first (reset, broken pipe); nothing to tell it
             self.close_connection = True
+            return
+        if not done:  # stop() came mid-body: cut it off like a crashed server would
+            self._abort()
 
     def _abort(self) -> None:
         """Close the connection without any answer (RST, no FIN), like a crashed server."""

@@ -22,6 +22,13 @@ class Settings:
     error_status: int = 503
     retry_after_s: Optional[float] = None
     seed: Optional[int] = None
+    # False: 429s carry no Retry-After, as the real API documents none for its 60/minute.
+    rate_limit_retry_after: bool = True
+    # Reply faults, applied to every /track answer whatever its status.
+    trickle_interval_s: float = 0.0
+    reply_padding_bytes: int = 0
+    endless_reply: bool = False
+    nested_reply_depth: int = 0
 
     def __post_init__(self) -> None:
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
@@ -39,6 +46,11 @@ class Settings:
             raise ValueError(f"error_status must be within [400, 599], got {self.error_status!r}")
         if self.retry_after_s is not None:
             _positive("retry_after_s", self.retry_after_s, allow_zero=True)
+        _flag("rate_limit_retry_after", self.rate_limit_retry_after)
+        _positive("trickle_interval_s", self.trickle_interval_s, allow_zero=True)
+        _count("reply_padding_bytes", self.reply_padding_bytes)
+        _flag("endless_reply", self.endless_reply)
+        _count("nested_reply_depth", self.nested_reply_depth)
 
     def retry_after_header(self) -> tuple[tuple[str, str], ...]:
         """The Retry-After header for injected errors and outages, if one is configured."""
@@ -52,3 +64,13 @@ def _positive(name: str, value: float, *, allow_zero: bool) -> None:
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _flag(name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")

@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
+from cms_shipper.emulator._faults import CustomerFailure, CustomerFailures, FailMode, Outage
 from cms_shipper.emulator._rules import Answer, Rules, error
 from cms_shipper.emulator._settings import Settings
 from cms_shipper.emulator._validation import Endpoint
 
-__all__ = ["OutageMode", "RecordedEvent", "RequestLog", "State", "TrackRequest"]
-
-OutageMode = Literal["status", "reset"]
+__all__ = ["RecordedEvent", "RequestLog", "State", "TrackRequest"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +55,6 @@ class TrackRequest:
     arrived_at: float
 
 
-@dataclass(frozen=True)
-class _Outage:
-    until: float  # time.monotonic(); math.inf until end_outage()
-    status: int
-    mode: OutageMode
-
-
 class State:
     """The emulator's record, settings, faults and API state behind one lock."""
 
@@ -70,6 +62,7 @@ class State:
         self._initial = settings
         self.cond = threading.Condition()
         self._rules = Rules()
+        self._customers = CustomerFailures()
         self._clear()
 
     def _clear(self) -> None:
@@ -78,10 +71,11 @@ class State:
         self._events: List[RecordedEvent] = []
         self._requests: List[RequestLog] = []
         self._windows: Dict[str, Tuple[float, int]] = {}
-        self._outage: Optional[_Outage] = None
+        self._outage: Optional[Outage] = None
         self._drops_left = 0
         self._in_flight = 0
         self._rules.clear()
+        self._customers.clear()
 
     # Control, called from the Emulator (any thread).
 
@@ -100,16 +94,32 @@ class State:
             if "seed" in changes:
                 self._rng = random.Random(self._settings.seed)  # noqa: S311
 
-    def outage(self, duration_s: Optional[float], status: int, mode: OutageMode) -> None:
+    def outage(self, duration_s: Optional[float], status: int, mode: FailMode) -> None:
         """Fail every /track request from now until ``duration_s`` passes or ``end_outage``."""
         until = math.inf if duration_s is None else time.monotonic() + duration_s
         with self.cond:
-            self._outage = _Outage(until, status, mode)
+            self._outage = Outage(until, status, mode)
 
     def end_outage(self) -> None:
         """End the outage at once."""
         with self.cond:
             self._outage = None
+
+    @property
+    def outage_active(self) -> bool:
+        """Whether an outage (status or reset mode) holds now."""
+        with self.cond:
+            return self._outage is not None and self._outage.active()
+
+    def fail_customer(self, customer: str, rule: CustomerFailure) -> None:
+        """Fail this customer's next /track requests as ``rule`` says."""
+        with self.cond:
+            self._customers.add(customer, rule)
+
+    def clear_customer_failures(self, customer: Optional[str]) -> None:
+        """Remove one customer's failure rule, or all of them (None)."""
+        with self.cond:
+            self._customers.clear(customer)
 
     def drop_after_record(self, count: int) -> None:
         """Record the next ``count`` accepted requests, then close without answering."""
@@ -117,10 +127,10 @@ class State:
             self._drops_left = count
 
     @property
-    def latency_s(self) -> float:
-        """How long to hold every /track request before answering it."""
+    def settings(self) -> Settings:
+        """The current settings (immutable: a change replaces them whole)."""
         with self.cond:
-            return self._settings.latency_s
+            return self._settings
 
     @property
     def in_flight(self) -> int:
@@ -166,19 +176,32 @@ class State:
             self._log(path, status, payload, arrived_at)
 
     def arrive(self, path: str, payload: Any, arrived_at: float) -> Optional[Answer]:
-        """First check, before any latency: the outage answer, or None to go on."""
+        """First check, before latency and auth: an outage or customer failure, or None."""
         with self.cond:
-            outage = self._outage
-            if outage is None or time.monotonic() >= outage.until:
-                self._outage = None
-                return None
-            if outage.mode == "reset":
-                answer = Answer(None)
-            else:
-                headers = self._settings.retry_after_header()
-                answer = error(outage.status, "Service unavailable (emulated outage)", headers)
-            self._log(path, answer.status, payload, arrived_at)
+            answer = self._outage_answer()
+            if answer is None:
+                answer = self._customer_answer(payload)
+            if answer is not None:
+                self._log(path, answer.status, payload, arrived_at)
             return answer
+
+    def _outage_answer(self) -> Optional[Answer]:
+        outage = self._outage
+        if outage is None or not outage.active():
+            self._outage = None
+            return None
+        return self._failure(outage.mode, outage.status, "Service unavailable (emulated outage)")
+
+    def _customer_answer(self, payload: Any) -> Optional[Answer]:
+        rule = self._customers.take(payload)
+        if rule is None:
+            return None
+        return self._failure(rule.mode, rule.status, "Injected failure for this customer")
+
+    def _failure(self, mode: FailMode, status: int, message: str) -> Answer:
+        if mode == "reset":
+            return Answer(None)
+        return error(status, message, self._settings.retry_after_header())
 
     def decide(self, request: TrackRequest) -> Answer:
         """Auth, injected errors, rate limit, validation, API rules, record: the answer."""
@@ -199,7 +222,9 @@ class State:
             return error(settings.error_status, "Injected fault", settings.retry_after_header())
         wait_s = self._rate_limited(token)
         if wait_s is not None:
-            return error(429, "Rate limit exceeded", (("Retry-After", str(wait_s)),))
+            with_header = settings.rate_limit_retry_after
+            headers = (("Retry-After", str(wait_s)),) if with_header else ()
+            return error(429, "Rate limit exceeded", headers)
         answer = self._rules.check(request.endpoint, request.payload)
         if answer is not None:
             return answer
