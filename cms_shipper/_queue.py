@@ -1,7 +1,7 @@
-"""The bounded, thread-safe hand-off between callers and the worker.
+"""The bounded, thread-safe hand-off between callers and the sender threads.
 
 The bound counts *unfinished* events, as ``queue.Queue.unfinished_tasks`` does: an event
-taken by the worker still holds its slot until ``task_done`` says it has an outcome. So
+taken by a sender still holds its slot until ``task_done`` says it has an outcome. So
 ``max_queue_size`` bounds all the memory the shipper holds, not just the waiting room.
 
 The caller's side (``put``) takes no lock. With several threads tracking at once a lock

@@ -22,20 +22,21 @@ from cms_shipper._dispatcher import Dispatcher
 from cms_shipper._events import Event, build_lead, build_sale, event_of
 from cms_shipper._health import HealthGate
 from cms_shipper._ledger import Ledger
-from cms_shipper._log import RateLimitedLog, logger
+from cms_shipper._log import RateLimitedLog
 from cms_shipper._outcomes import Reporter, dropped, invalid
 from cms_shipper._queue import EventQueue
 from cms_shipper._retry import RetryPolicy
+from cms_shipper._settle import Settler
 from cms_shipper._spooling import Replayer, SpoolKeeper
 from cms_shipper._transport import Transport
 from cms_shipper.errors import ValidationError
-from cms_shipper.results import FlushResult, Outcome, Reason, Result, TrackResult
+from cms_shipper.results import FlushResult, Reason, TrackResult
 
 __all__ = ["CMSClient"]
 
 
 class CMSClient:
-    """Non-blocking CutMeShort client: ``track_lead``/``track_sale`` queue, a worker delivers."""
+    """Non-blocking CutMeShort client: ``track_*`` queues, background senders deliver."""
 
     def __init__(self, token: Optional[str] = None, host: Optional[str] = None, **options: Any):
         self._settings: Settings = resolve_settings(token, host, options)
@@ -70,6 +71,8 @@ class CMSClient:
         self._pid = os.getpid()
         self._ledger = Ledger()
         self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
+        self._log = RateLimitedLog()
+        self._settler = Settler(self._ledger, self._queue, Reporter(s, self._log), self._keeper)
         self._stop = threading.Event()
         self._gate = HealthGate(
             max_requests_per_minute=s.max_requests_per_minute,
@@ -84,15 +87,13 @@ class CMSClient:
             self._gate,
             key=_customer_key,
             attempt=self._delivery.attempt,
-            finish=self._finish_sent,
+            finish=self._settler.sent,
             senders=s.max_concurrent_requests,
             batch_size=s.batch_size,
             flush_interval_s=s.flush_interval_s,
             stop=self._stop,
         )
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
-        self._log = RateLimitedLog()
-        self._reporter = Reporter(s, self._log)
         self._ids = itertools.count(1)
         # Random per client and process: ids stay unique across processes without paying
         # for a uuid4 on every event.
@@ -149,7 +150,7 @@ class CMSClient:
                 customer_avatar=customer_avatar, timestamp=timestamp, mode=mode,
             )  # fmt: skip
         except ValidationError as exc:
-            return self._settle_now(invalid(exc))
+            return self._settler.now(invalid(exc))
         return self._submit(event)
 
     def track_sale(
@@ -175,7 +176,7 @@ class CMSClient:
                 customer_avatar=customer_avatar, timestamp=timestamp,
             )  # fmt: skip
         except ValidationError as exc:
-            return self._settle_now(invalid(exc))
+            return self._settler.now(invalid(exc))
         return self._submit(event)
 
     def _next_id(self) -> str:
@@ -187,11 +188,11 @@ class CMSClient:
             # Some servers fork without running os.register_at_fork hooks.
             self._after_fork()
         if self._closed:
-            return self._settle_now(
+            return self._settler.now(
                 dropped(event, Reason.CLOSED, "the client is closed; event not sent")
             )
         if s.disabled:
-            return self._settle_now(
+            return self._settler.now(
                 dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
             )
         if s.sync_mode:
@@ -200,7 +201,7 @@ class CMSClient:
             final = self._delivery.send_now(receipt, s.retry_max_elapsed_s)
             if self._keeper is not None:
                 final = self._keeper.settle([receipt], [final])[0]
-            return self._settle_now(final)
+            return self._settler.now(final)
         result = TrackResult(
             cond=self._ledger.cond, success=True, message="queued",
             event_id=event.event_id, event=event,
@@ -213,8 +214,8 @@ class CMSClient:
                 event, Reason.QUEUE_FULL,
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
             )  # fmt: skip
-            final = self._finish(result, final, queued=False)  # spooled, with a spool
-            return _returned(final, self._ledger)
+            final = self._settler.finish(result, final, queued=False)  # spooled, with a spool
+            return self._settler.returned(final)
         self._dispatcher.ensure_started()
         if self._replayer is not None:
             self._replayer.ensure_started()  # in a forked child, replay starts here
@@ -229,47 +230,14 @@ class CMSClient:
         result._in_spool = True
         self._ledger.admit(result, replayed=True)
         if not self._queue.put(result):
-            self._finish(result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False)
+            self._settler.finish(
+                result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False
+            )
             return
         self._dispatcher.ensure_started()
 
     def _room(self) -> int:
         return self._settings.max_queue_size - self._queue.unfinished()
-
-    def _settle_now(self, final: Result) -> TrackResult:
-        """Count, report and return an event whose outcome is known in the caller's thread."""
-        self._ledger.record(final)
-        self._reporter.report(final)
-        return _returned(final, self._ledger)
-
-    # -- delivery (sender threads, or the caller's thread in sync_mode) ------------------
-
-    def _finish_sent(self, result: TrackResult, final: Optional[Result]) -> None:
-        """A sender's last word on an event: settle it (an internal error fails it)."""
-        if final is None:
-            final = Result(
-                success=False, message="failed", error="internal error while delivering (logged)",
-                event_id=result.event_id, outcome=Outcome.FAILED,
-                reason=Reason.UNEXPECTED_STATUS, event=result.event,
-            )  # fmt: skip
-        self._finish(result, final)
-
-    def _finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> Result:
-        """Settle one event (spool, books, callback); returns the outcome recorded."""
-        if self._keeper is not None:
-            # Also for an event already settled at shutdown: a late delivery removes the
-            # row that shutdown spooled, so a replay does not send it twice.
-            final = self._keeper.settle([result], [final])[0]
-        if self._ledger.resolve(result, final):
-            if queued:  # only a queued event holds a queue slot to give back
-                self._queue.task_done()
-            self._reporter.report(final)
-        else:
-            logger.debug(
-                "cms_shipper: event %s ended %s after it was settled at shutdown",
-                final.event_id, final.outcome,
-            )  # fmt: skip
-        return final
 
     # -- flushing and lifecycle -------------------------------------------------------
 
@@ -282,15 +250,7 @@ class CMSClient:
         mark = self._ledger.mark()
         self._queue.wake()
         pending = self._ledger.wait_for(mark, time.monotonic() + budget)
-        return self._flush_result(pending)
-
-    def _flush_result(self, pending: int) -> FlushResult:
-        counts = self._ledger.counts()
-        return FlushResult(
-            delivered=counts["delivered"], duplicate=counts["duplicate"],
-            rejected=counts["rejected"], failed=counts["failed"], dropped=counts["dropped"],
-            pending=pending, timed_out=pending > 0, spooled=counts["spooled"],
-        )  # fmt: skip
+        return self._settler.flush_result(pending)
 
     def close(self, timeout_s: Optional[float] = None) -> FlushResult:
         """Flush within ``timeout_s`` (None: ``shutdown_timeout_s``), then stop; idempotent.
@@ -310,9 +270,12 @@ class CMSClient:
                 self._replayer.stop.set()  # claim nothing more from the spool
             self.flush(budget)
             in_flight = self._dispatcher.in_flight()
-            result = self._flush_result(self._ledger.counts()["pending"])
+            result = self._settler.flush_result(self._ledger.counts()["pending"])
             self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
-            self._settle_abandoned(budget, in_flight)
+            abandoned = self._ledger.outstanding()
+            for pending in abandoned:
+                self._delivery.forget(pending._seq)
+            self._settler.abandon(abandoned, budget, in_flight)
             self._transport.close()
             if self._keeper is not None and self._dispatcher.in_flight() == 0:
                 # With requests still in flight the connection stays open, so a late
@@ -320,27 +283,6 @@ class CMSClient:
                 self._keeper.close()
             self._close_result = result
             return result
-
-    def _settle_abandoned(self, budget: float, in_flight: int) -> None:
-        abandoned = self._ledger.outstanding()
-        if not abandoned:
-            return
-        message = f"not delivered within {budget:g} s of close"
-        finals = [dropped(event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
-        for r in abandoned:
-            self._delivery.forget(r._seq)
-        if self._keeper is not None:
-            finals = self._keeper.settle(abandoned, finals)
-        for result, final in zip(abandoned, finals):
-            if self._ledger.resolve(result, final):
-                self._queue.task_done()
-                self._reporter.report(final)
-        spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED)
-        logger.warning(
-            "cms_shipper: %d event(s) not delivered within the %g s shutdown budget: "
-            "%d saved to the spool, %d dropped (%d were in flight and may have reached the server)",
-            len(abandoned), budget, spooled, len(abandoned) - spooled, in_flight,
-        )  # fmt: skip
 
     async def aflush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``flush`` for async code: waits in a worker thread, never blocking the event loop."""
@@ -367,17 +309,6 @@ class CMSClient:
 
 def _customer_key(result: TrackResult) -> str:
     return event_of(result).customer_key
-
-
-def _returned(final: Result, ledger: Ledger) -> TrackResult:
-    """A TrackResult that already carries its final outcome."""
-    return TrackResult(cond=ledger.cond, final=final, **{k: getattr(final, k) for k in _FIELDS})
-
-
-_FIELDS = (
-    "success", "status_code", "message", "data", "error", "details", "event_id", "outcome",
-    "reason", "event",
-)  # fmt: skip
 
 
 _LIVE_CLIENTS: weakref.WeakSet[CMSClient] = weakref.WeakSet()

@@ -1,0 +1,108 @@
+"""The last stage: give an event its one outcome: spool, books, log and callback.
+
+Every path that ends an event goes through ``Settler``: an outcome known in the caller's
+thread (invalid, dropped, ``sync_mode``), a sender's final word, a full queue, and the
+events ``close()`` gives up on. The spool's part comes first (a spillable outcome becomes
+``spooled``), then the ledger resolves the event once, then the reporter logs and calls back.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from cms_shipper._events import event_of
+from cms_shipper._ledger import Ledger
+from cms_shipper._log import logger
+from cms_shipper._outcomes import Reporter, dropped
+from cms_shipper._queue import EventQueue
+from cms_shipper._spooling import SpoolKeeper
+from cms_shipper.results import FlushResult, Outcome, Reason, Result, TrackResult
+
+__all__ = ["Settler"]
+
+_FIELDS = (
+    "success", "status_code", "message", "data", "error", "details", "event_id", "outcome",
+    "reason", "event",
+)  # fmt: skip
+
+
+class Settler:
+    """Settles events into one process's ledger, queue slots, spool and reporter."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        queue: EventQueue[TrackResult],
+        reporter: Reporter,
+        keeper: Optional[SpoolKeeper],
+    ) -> None:
+        self._ledger = ledger
+        self._queue = queue
+        self._reporter = reporter
+        self._keeper = keeper
+
+    def now(self, final: Result) -> TrackResult:
+        """Count, report and return an event whose outcome is known in the caller's thread."""
+        self._ledger.record(final)
+        self._reporter.report(final)
+        return self.returned(final)
+
+    def returned(self, final: Result) -> TrackResult:
+        """A TrackResult that already carries its final outcome."""
+        fields = {k: getattr(final, k) for k in _FIELDS}
+        return TrackResult(cond=self._ledger.cond, final=final, **fields)
+
+    def sent(self, result: TrackResult, final: Optional[Result]) -> None:
+        """A sender's last word on an event (``None``: an internal error, which fails it)."""
+        if final is None:
+            final = Result(
+                success=False, message="failed", error="internal error while delivering (logged)",
+                event_id=result.event_id, outcome=Outcome.FAILED,
+                reason=Reason.UNEXPECTED_STATUS, event=result.event,
+            )  # fmt: skip
+        self.finish(result, final)
+
+    def finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> Result:
+        """Settle one admitted event (spool, books, callback); returns the outcome recorded."""
+        if self._keeper is not None:
+            # Also for an event already settled at shutdown: a late delivery removes the
+            # row that shutdown spooled, so a replay does not send it twice.
+            final = self._keeper.settle([result], [final])[0]
+        if self._ledger.resolve(result, final):
+            if queued:  # only a queued event holds a queue slot to give back
+                self._queue.task_done()
+            self._reporter.report(final)
+        else:
+            logger.debug(
+                "cms_shipper: event %s ended %s after it was settled at shutdown",
+                final.event_id, final.outcome,
+            )  # fmt: skip
+        return final
+
+    def abandon(self, abandoned: list[TrackResult], budget_s: float, in_flight: int) -> None:
+        """Settle the events ``close()`` gives up on (spooled or dropped), in one log line."""
+        if not abandoned:
+            return
+        message = f"not delivered within {budget_s:g} s of close"
+        finals = [dropped(event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
+        if self._keeper is not None:
+            finals = self._keeper.settle(abandoned, finals)  # one transaction for all
+        for result, final in zip(abandoned, finals):
+            if self._ledger.resolve(result, final):
+                self._queue.task_done()
+                self._reporter.report(final)
+        spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED)
+        logger.warning(
+            "cms_shipper: %d event(s) not delivered within the %g s shutdown budget: "
+            "%d saved to the spool, %d dropped (%d were in flight and may have reached the server)",
+            len(abandoned), budget_s, spooled, len(abandoned) - spooled, in_flight,
+        )  # fmt: skip
+
+    def flush_result(self, pending: int) -> FlushResult:
+        """Counts over the client's life, with ``pending`` still pending."""
+        counts = self._ledger.counts()
+        return FlushResult(
+            delivered=counts["delivered"], duplicate=counts["duplicate"],
+            rejected=counts["rejected"], failed=counts["failed"], dropped=counts["dropped"],
+            pending=pending, timed_out=pending > 0, spooled=counts["spooled"],
+        )  # fmt: skip
