@@ -18,11 +18,28 @@ import itertools
 import threading
 import time
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from cms_shipper.results import Outcome, Result, TrackResult
 
 __all__ = ["Ledger"]
+
+
+class _Flush:
+    """One flush() waiting for a set of events."""
+
+    __slots__ = ("done", "pending")
+
+    def __init__(self, seqs: Iterable[int]) -> None:
+        self.pending = set(seqs)
+        self.done = threading.Event()
+
+    def resolved(self, seq: int) -> None:
+        pending = self.pending
+        if seq in pending:
+            pending.discard(seq)
+            if not pending:
+                self.done.set()
 
 
 class Ledger:
@@ -30,9 +47,11 @@ class Ledger:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Shared with TrackResult.wait: one condition for every waiter keeps track_* cheap
-        # (no per-event lock) at the cost of waking all waiters on each resolution.
-        self.cond = threading.Condition(self._lock)
+        # Waiters are woken only when what they wait for is done: a flush once its last
+        # event resolves, r.wait() when its own does. (One shared condition woke every
+        # waiter on every resolution: a flush of N events cost N wake-ups of its thread.)
+        self._flushes: list[_Flush] = []
+        self._waits: dict[int, threading.Event] = {}  # seq -> set when that event resolves
         self._outstanding: dict[int, TrackResult] = {}
         self._seqs = itertools.count(1)
         self._recorded = 0  # tracked events that got their outcome at once
@@ -63,10 +82,15 @@ class Ledger:
             if result._final is not None:
                 return False
             result._final = final
-            self._outstanding.pop(result._seq, None)
+            seq = result._seq
+            self._outstanding.pop(seq, None)
             self._resolved += 1
             self._count(final)
-            self.cond.notify_all()
+            for flush in self._flushes:
+                flush.resolved(seq)
+            waiting = self._waits.pop(seq, None) if self._waits else None
+        if waiting is not None:
+            waiting.set()
         return True
 
     def _count(self, final: Result) -> None:
@@ -87,18 +111,29 @@ class Ledger:
         ``deadline`` is a ``time.monotonic()`` value (None: no bound). Returns how many of
         those events are still pending.
         """
-        index = 0  # events resolve mostly in order: scan forward, amortized O(len(mark))
         with self._lock:
-            while True:
-                outstanding = self._outstanding
-                while index < len(mark) and mark[index] not in outstanding:
-                    index += 1
-                if index == len(mark):
-                    return 0
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return sum(1 for seq in mark[index:] if seq in outstanding)
-                self.cond.wait(remaining)
+            flush = _Flush(seq for seq in mark if seq in self._outstanding)
+            if not flush.pending:
+                return 0
+            self._flushes.append(flush)
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            flush.done.wait(remaining)
+        finally:
+            with self._lock:
+                self._flushes.remove(flush)
+                left = len(flush.pending)
+        return left
+
+    def wait_final(self, result: TrackResult, timeout_s: Optional[float]) -> None:
+        """Block until ``result`` has its final outcome, or ``timeout_s`` (None: no bound)."""
+        with self._lock:
+            if result._final is not None:
+                return
+            waiting = self._waits.get(result._seq)
+            if waiting is None:
+                waiting = self._waits[result._seq] = threading.Event()
+        waiting.wait(timeout_s)
 
     def outstanding(self) -> list[TrackResult]:
         """The events still pending, oldest first."""

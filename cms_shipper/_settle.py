@@ -50,7 +50,7 @@ class Settler:
     def returned(self, final: Result) -> TrackResult:
         """A TrackResult that already carries its final outcome."""
         fields = {k: getattr(final, k) for k in _FIELDS}
-        return TrackResult(cond=self._ledger.cond, final=final, **fields)
+        return TrackResult(books=self._ledger, final=final, **fields)
 
     def sent(self, result: TrackResult, final: Optional[Result]) -> None:
         """A sender's last word on an event (``None``: an internal error, which fails it)."""

@@ -196,14 +196,14 @@ class CMSClient:
                 dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
             )
         if s.sync_mode:
-            receipt = TrackResult(cond=None, success=False, event_id=event.event_id, event=event)
+            receipt = TrackResult(books=None, success=False, event_id=event.event_id, event=event)
             receipt._seq = next(self._sync_seqs)
             final = self._delivery.send_now(receipt, s.retry_max_elapsed_s)
             if self._keeper is not None:
                 final = self._keeper.settle([receipt], [final])[0]
             return self._settler.now(final)
         result = TrackResult(
-            cond=self._ledger.cond, success=True, message="queued",
+            books=self._ledger, success=True, message="queued",
             event_id=event.event_id, event=event,
         )  # fmt: skip
         self._ledger.admit(result)
@@ -224,7 +224,7 @@ class CMSClient:
     def _submit_replayed(self, event: Event) -> None:
         """Feed an event claimed from the spool into the pipeline (the replay thread)."""
         result = TrackResult(
-            cond=self._ledger.cond, success=True, message="replayed",
+            books=self._ledger, success=True, message="replayed",
             event_id=event.event_id, event=event,
         )  # fmt: skip
         result._in_spool = True

@@ -8,10 +8,9 @@ and prints as a dict.
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 if TYPE_CHECKING:
     from cms_shipper._events import Event
@@ -139,20 +138,24 @@ class Result(Mapping[str, Any]):
     __hash__ = None  # type: ignore[assignment]  # equal to dicts, so unhashable like them
 
 
+class _Books(Protocol):
+    def wait_final(self, result: TrackResult, timeout_s: Optional[float]) -> None: ...
+
+
 class TrackResult(Result):
     """What ``track_*`` returns at once; ``wait()`` gives the event's final ``Result``."""
 
-    __slots__ = ("_cond", "_final", "_in_spool", "_seq")
+    __slots__ = ("_books", "_final", "_in_spool", "_seq")
 
     def __init__(
         self,
         *,
-        cond: Optional[threading.Condition],
+        books: Optional[_Books],
         final: Optional[Result] = None,
         **fields: Any,
     ) -> None:
         super().__init__(**fields)
-        self._cond = cond
+        self._books = books  # the ledger that will resolve it
         self._final = final
         self._seq = 0  # set by the ledger on admission
         self._in_spool = False  # the event has a row in the on-disk spool
@@ -173,9 +176,8 @@ class TrackResult(Result):
         On timeout returns a Result with ``success=False``, ``outcome=None`` and an
         ``error`` saying the event is still pending. ``None`` waits without a bound.
         """
-        if self._final is None and self._cond is not None:
-            with self._cond:
-                self._cond.wait_for(lambda: self._final is not None, timeout_s)
+        if self._final is None and self._books is not None:
+            self._books.wait_final(self, timeout_s)
         final = self._final
         if final is not None:
             return final

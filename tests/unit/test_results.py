@@ -50,7 +50,7 @@ def test_flush_result_is_truthy_only_when_nothing_is_pending() -> None:
 
 
 def _tracked(ledger: Ledger) -> TrackResult:
-    result = TrackResult(cond=ledger.cond, success=True, message="queued", event_id="e")
+    result = TrackResult(books=ledger, success=True, message="queued", event_id="e")
     ledger.admit(result)
     return result
 
