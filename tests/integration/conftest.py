@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+import requests
 
 from cms_shipper import CMSClient
 from cms_shipper.emulator import Emulator
@@ -64,3 +67,59 @@ def adds_up(stats: dict[str, Any]) -> bool:
     """tracked + replayed = every outcome (spooled included) + pending."""
     parts = ("delivered", "duplicate", "rejected", "failed", "dropped", "spooled", "pending")
     return stats["tracked"] + stats["replayed"] == sum(stats[p] for p in parts)
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    """A started emulator (token ``TOKEN``) driven without the client."""
+    with Emulator(token=TOKEN) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    """A plain requests session for talking to the emulator directly."""
+    with requests.Session() as http:
+        yield http
+
+
+def journey(client: CMSClient, customer: str, steps: int) -> list[str]:
+    """A deferred set-up, follow-ups and a sale for one customer; returns event names sent."""
+    names = [f"{customer}-setup"]
+    client.track_lead(names[0], customer, click_id=f"clk-{customer}", mode="deferred")
+    for step in range(steps):
+        names.append(f"{customer}-step{step}")
+        client.track_lead(names[-1], customer)
+    names.append(f"{customer}-sale")
+    client.track_sale(names[-1], customer, f"inv-{customer}", 1500, "USD")
+    return names
+
+
+def journeys_from_threads(
+    client: CMSClient, *, threads: int, customers: int, steps: int
+) -> dict[str, list[str]]:
+    """Each of ``threads`` callers tracks ``customers`` journeys at once; names by customer."""
+    sent: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def caller(worker: int) -> None:
+        for n in range(customers):
+            customer = f"w{worker}-c{n}"
+            names = journey(client, customer, steps)
+            with lock:
+                sent[customer] = names
+
+    callers = [threading.Thread(target=caller, args=(w,)) for w in range(threads)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(60.0)
+    return sent
+
+
+def received_names(emulator: Emulator) -> dict[str, list[str]]:
+    """The event names the emulator recorded, by customer, in the order recorded."""
+    received: dict[str, list[str]] = defaultdict(list)
+    for event in emulator.events:
+        received[event.payload["customerExternalId"]].append(event.payload["eventName"])
+    return dict(received)

@@ -8,15 +8,13 @@ customer whose requests keep failing. Each test counts what was delivered and in
 from __future__ import annotations
 
 import logging
-import threading
-from collections import defaultdict
 
 import pytest
 
 from cms_shipper import Outcome, Reason
 from cms_shipper.emulator import Emulator
 
-from .conftest import ClientFactory, adds_up, wait_until
+from .conftest import ClientFactory, adds_up, journeys_from_threads, received_names, wait_until
 
 
 def _delivered_once(emu: Emulator, customers: list[str]) -> bool:
@@ -120,38 +118,13 @@ def test_a_failing_customers_own_failures_are_charged(
     assert all(r.wait(10.0).outcome is Outcome.DELIVERED for r in healthy)
 
 
-def _journey(client, customer: str) -> list[str]:  # type: ignore[no-untyped-def]
-    names = [f"{customer}-setup", f"{customer}-step", f"{customer}-sale"]
-    client.track_lead(names[0], customer, click_id=f"clk-{customer}", mode="deferred")
-    client.track_lead(names[1], customer)
-    client.track_sale(names[2], customer, f"inv-{customer}", 1500, "USD")
-    return names
-
-
 def test_concurrent_callers_during_an_outage_keep_order_and_lose_nothing(
     cms_emulator: Emulator, make_client: ClientFactory
 ) -> None:
     cms_emulator.outage(1.5, mode="refuse")
     client = make_client(retry_max_attempts=2, retry_max_elapsed_s=0.5)
-    sent: dict[str, list[str]] = {}
-    lock = threading.Lock()
-
-    def caller(worker: int) -> None:
-        for n in range(15):
-            customer = f"w{worker}-c{n}"
-            names = _journey(client, customer)
-            with lock:
-                sent[customer] = names
-
-    threads = [threading.Thread(target=caller, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30.0)
+    sent = journeys_from_threads(client, threads=4, customers=15, steps=1)
     assert client.flush(60.0)
     stats = client.stats()
     assert stats["delivered"] == 4 * 15 * 3 and stats["rejected"] == 0 and adds_up(stats)
-    received: dict[str, list[str]] = defaultdict(list)
-    for event in cms_emulator.events:
-        received[event.payload["customerExternalId"]].append(event.payload["eventName"])
-    assert dict(received) == sent
+    assert received_names(cms_emulator) == sent

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
@@ -25,18 +24,6 @@ SALE: dict[str, Any] = {
     "eventName": "purchase", "customerExternalId": "u1", "clickId": "clk_1",
     "invoiceId": "inv_1", "amount": 4999, "currency": "USD",
 }  # fmt: skip
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(token=TOKEN) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as http:
-        yield http
 
 
 def post(

@@ -36,18 +36,6 @@ KIB = 1024
 MIB = KIB * KIB
 
 
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(token=TOKEN) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as http:
-        yield http
-
-
 def lead(**changes: Any) -> dict[str, Any]:
     return {**LEAD, **changes}
 
