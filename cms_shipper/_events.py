@@ -1,18 +1,49 @@
 """Build and validate events in the caller's thread, before anything is queued.
 
-Every check names the argument the caller passed (``customer_email``, not ``customerEmail``)
-and the rule it broke. The checks are plain ``isinstance`` tests and one precompiled regex,
-because they run inside the caller's request handler.
+Validation is total: for any value of any type in any argument, ``build_lead`` and
+``build_sale`` either return an ``Event`` or raise ``ValidationError(field, rule)``, where
+``field`` is the snake_case argument (``customer_email``, not ``customerEmail``); no other
+exception escapes. Of the caller's code only a tzinfo's ``utcoffset`` and, for a message, the
+``__repr__`` of a value of no built-in type may run, and their failures are refusals; methods
+a ``str``/``int``/``float``/``datetime`` subclass overrides never run (see ``_checks``).
+The rules:
+
+- Strings (``event_name``, ``customer_external_id``, ``invoice_id`` required; ``click_id``,
+  ``customer_name``, ``customer_email``, ``customer_avatar`` optional, None = absent): a
+  ``str`` (a subclass is stored as a plain ``str``), not blank, at most 255 characters
+  (``customer_avatar``: 2048), encodable as UTF-8 (no lone surrogate).
+- ``customer_email``: also matches ``name@domain.tld`` (no whitespace, one ``@``).
+- ``customer_avatar``: also an http:// or https:// URL with a host name that
+  ``urllib.parse.urlsplit`` parses, with a port 1-65535 if any.
+- ``amount``: an ``int``, not ``bool`` (a subclass is stored as a plain ``int``), from 0 to
+  9_007_199_254_740_991 (2**53 - 1, the largest integer a JSON number keeps exactly in
+  JavaScript). A float is refused, with "(for 49.99 send 4999)" when that is a valid amount.
+- ``currency``: three ASCII letters, sent upper-cased.
+- ``mode``: None or ``"deferred"``; ``"deferred"`` needs a ``click_id``.
+- ``timestamp``: None (the moment ``track_*`` ran), a ``datetime`` (naive means UTC) or an
+  ISO 8601 string of at most 64 characters; converted to UTC it lies in
+  [1970-01-01T00:00:00Z, 2100-01-01T00:00:00Z). One that cannot be converted (a tzinfo that
+  fails, a year out of datetime's range) is refused too. Sent as ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
+
+Messages show the caller's value on one line, cut to 60 characters (``...``), as
+``<TypeName>`` when its ``__repr__`` fails, and a huge int as ``<int of about N digits>``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
-from urllib.parse import urlsplit
 
+from cms_shipper._checks import (
+    check_amount,
+    check_avatar,
+    check_currency,
+    check_email,
+    check_mode,
+    check_text,
+    check_timestamp,
+)
 from cms_shipper.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -22,10 +53,6 @@ __all__ = ["LEAD", "SALE", "Event", "build_lead", "build_sale", "event_of", "for
 
 LEAD = "lead"
 SALE = "sale"
-MAX_TEXT = 255
-MAX_URL = 2048
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
-_CURRENCY = re.compile(r"[A-Za-z]{3}")
 # Compact and ASCII-only (a lone surrogate is escaped, never an encoding error).
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -104,65 +131,6 @@ def format_timestamp(epoch_s: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _text(field: str, value: Any, *, required: bool) -> Optional[str]:
-    if value is None:
-        if required:
-            raise ValidationError(field, "is required")
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValidationError(field, "must not be empty")
-    if len(value) > MAX_TEXT:
-        raise ValidationError(field, f"must be at most {MAX_TEXT} characters, got {len(value)}")
-    return value
-
-
-def _email(value: Any) -> Optional[str]:
-    email = _text("customer_email", value, required=False)
-    if email is not None and not _EMAIL.fullmatch(email):
-        raise ValidationError("customer_email", "must look like an email address (name@domain.tld)")
-    return email
-
-
-def _avatar(value: Any) -> Optional[str]:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError("customer_avatar", f"must be a string, got {type(value).__name__}")
-    if len(value) > MAX_URL:
-        raise ValidationError("customer_avatar", f"must be at most {MAX_URL} characters")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValidationError("customer_avatar", "must be an http:// or https:// URL")
-    return value
-
-
-def _timestamp(value: Any) -> Optional[str]:
-    """Normalize a datetime (naive means UTC) or an ISO 8601 string to UTC ISO 8601."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValidationError(
-                "timestamp", f"must be an ISO 8601 date-time string, got {value!r}"
-            ) from None
-    else:
-        raise ValidationError(
-            "timestamp", f"must be a datetime or an ISO 8601 string, got {type(value).__name__}"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return format_timestamp(moment.timestamp())
-
-
 def _common(
     event_name: Any,
     customer_external_id: Any,
@@ -172,14 +140,16 @@ def _common(
     customer_avatar: Any,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "eventName": _text("event_name", event_name, required=True),
-        "customerExternalId": _text("customer_external_id", customer_external_id, required=True),
+        "eventName": check_text("event_name", event_name, required=True),
+        "customerExternalId": check_text(
+            "customer_external_id", customer_external_id, required=True
+        ),
     }
     optional = {
-        "clickId": _text("click_id", click_id, required=False),
-        "customerName": _text("customer_name", customer_name, required=False),
-        "customerEmail": _email(customer_email),
-        "customerAvatar": _avatar(customer_avatar),
+        "clickId": check_text("click_id", click_id, required=False),
+        "customerName": check_text("customer_name", customer_name, required=False),
+        "customerEmail": check_email(customer_email),
+        "customerAvatar": check_avatar(customer_avatar),
     }
     payload.update((key, value) for key, value in optional.items() if value is not None)
     return payload
@@ -203,37 +173,10 @@ def build_lead(
         event_name, customer_external_id, click_id, customer_name, customer_email, customer_avatar
     )
     if mode is not None:
-        if mode != "deferred":
-            raise ValidationError("mode", f'must be "deferred" or None, got {mode!r}')
+        payload["mode"] = check_mode(mode)
         if "clickId" not in payload:
             raise ValidationError("click_id", 'is required when mode="deferred"')
-        payload["mode"] = mode
-    return Event.of(event_id, LEAD, payload, tracked_at, _timestamp(timestamp))
-
-
-def _amount(value: Any) -> int:
-    # bool is an int subclass; True cents is never what the caller meant.
-    if type(value) is int and value >= 0:
-        return value
-    if isinstance(value, float):
-        hint = f" (for {value} send {round(value * 100)})" if value >= 0 else ""
-        raise ValidationError(
-            "amount", f"must be an int number of cents >= 0, got float {value}{hint}"
-        )
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValidationError("amount", f"must be an int number of cents >= 0, got {value}")
-    raise ValidationError(
-        "amount",
-        f"must be an int number of cents >= 0 (4999 = 49.99), got {type(value).__name__} {value!r}",
-    )
-
-
-def _currency(value: Any) -> str:
-    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
-        raise ValidationError(
-            "currency", f"must be a 3-letter currency code such as USD, got {value!r}"
-        )
-    return value.upper()
+    return Event.of(event_id, LEAD, payload, tracked_at, check_timestamp(timestamp))
 
 
 def build_sale(
@@ -255,7 +198,7 @@ def build_sale(
     payload = _common(
         event_name, customer_external_id, click_id, customer_name, customer_email, customer_avatar
     )
-    payload["invoiceId"] = _text("invoice_id", invoice_id, required=True)
-    payload["amount"] = _amount(amount)
-    payload["currency"] = _currency(currency)
-    return Event.of(event_id, SALE, payload, tracked_at, _timestamp(timestamp))
+    payload["invoiceId"] = check_text("invoice_id", invoice_id, required=True)
+    payload["amount"] = check_amount(amount)
+    payload["currency"] = check_currency(currency)
+    return Event.of(event_id, SALE, payload, tracked_at, check_timestamp(timestamp))
