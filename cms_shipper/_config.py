@@ -8,7 +8,9 @@ and the allowed range. The result is a frozen ``Settings``; the token inside it 
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -18,6 +20,7 @@ from cms_shipper.errors import ConfigurationError
 __all__ = [
     "CMS_BEARER_TOKEN",
     "CMS_DISABLED",
+    "CMS_HANDLE_SIGTERM",
     "CMS_HOST",
     "CMS_MAX_REQUESTS_PER_MINUTE",
     "CMS_SHUTDOWN_TIMEOUT_S",
@@ -28,6 +31,7 @@ __all__ = [
     "Secret",
     "Settings",
     "resolve_settings",
+    "wait_budget",
 ]
 
 # Environment variables, each named after itself.
@@ -39,6 +43,7 @@ CMS_SHUTDOWN_TIMEOUT_S = "CMS_SHUTDOWN_TIMEOUT_S"
 CMS_MAX_REQUESTS_PER_MINUTE = "CMS_MAX_REQUESTS_PER_MINUTE"
 CMS_SPOOL_PATH = "CMS_SPOOL_PATH"
 CMS_WRITE_AHEAD = "CMS_WRITE_AHEAD"
+CMS_HANDLE_SIGTERM = "CMS_HANDLE_SIGTERM"
 
 DEFAULT_HOST = "https://api.cme.sh"
 
@@ -91,6 +96,7 @@ class Settings:
     spool_path: Optional[str] = None
     spool_max_bytes: int = 50 * 2**20
     write_ahead: bool = False
+    handle_sigterm: bool = False
     spool_replay_interval_s: float = 5.0
     spool_lease_s: float = 60.0
 
@@ -116,9 +122,38 @@ _FLOATS = {  # name -> smallest allowed value
     "spool_lease_s": 0.1,
 }
 _CALLBACKS = ("on_success", "on_error", "on_drop")
-_FLAGS = {"sync_mode": CMS_SYNC_MODE, "disabled": CMS_DISABLED, "write_ahead": CMS_WRITE_AHEAD}
+_FLAGS = {
+    "sync_mode": CMS_SYNC_MODE,
+    "disabled": CMS_DISABLED,
+    "write_ahead": CMS_WRITE_AHEAD,
+    "handle_sigterm": CMS_HANDLE_SIGTERM,
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+# The longest wait any blocking call honours (about 31 years, within every platform's
+# threading.TIMEOUT_MAX): larger values, inf included, mean "as long as it takes".
+MAX_WAIT_S = min(1e9, threading.TIMEOUT_MAX)
+
+
+def wait_budget(value: object, default: float) -> float:
+    """Seconds a blocking call may wait, from any ``timeout_s`` value; never raises.
+
+    None, NaN and non-numbers mean ``default``; negative means 0; anything above
+    ``MAX_WAIT_S`` (inf, 1e300, a 5,000-digit int) is clamped to it.
+    """
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return default
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int or Fraction too large for a float: its sign decides
+        return 0.0 if value < 0 else MAX_WAIT_S
+    except Exception:  # a Real whose __float__ misbehaves
+        return default
+    if math.isnan(seconds):
+        return default
+    return min(max(seconds, 0.0), MAX_WAIT_S)
 
 
 def _env(name: str) -> Optional[str]:
@@ -160,12 +195,38 @@ def _host(value: Optional[str]) -> str:
         value, source = _env(CMS_HOST), CMS_HOST
     if value is None:
         return DEFAULT_HOST
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    problem = _host_problem(value)
+    if problem:
+        # Echo the value only if it is URL-shaped and holds no credentials: with the
+        # positional arguments swapped, CMSClient("https://api.cme.sh", TOKEN), it is the token.
+        url_shaped = isinstance(value, str) and "://" in value and "@" not in value
+        shown = f", got {value[:200]!r}" if url_shaped else ""
         raise ConfigurationError(
-            source, f"must be an http(s) URL such as {DEFAULT_HOST}, got {value!r}"
+            source, f"must be an http(s) base URL such as {DEFAULT_HOST} ({problem}){shown}"
         )
-    return value.rstrip("/")
+    return str(value).strip().rstrip("/")
+
+
+def _host_problem(value: object) -> str:
+    """What is wrong with a host value, or "" when it is an http(s) base URL."""
+    if not isinstance(value, str):
+        return f"got {type(value).__name__}, not a string"
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  # raises ValueError for a port out of range
+    except ValueError:
+        return "it does not parse as a URL"
+    rules = (
+        (parts.scheme in ("http", "https") and bool(parts.hostname),
+         "http:// or https:// and a host name are required"),
+        (not (parts.query or parts.fragment or "?" in text or "#" in text),
+         "no query (?...) or fragment (#...): a path prefix is fine"),
+        (parts.username is None and parts.password is None,
+         "no user:password@: the bearer token is the only credential"),
+        (not any(ch.isspace() for ch in text), "no spaces"),
+    )  # fmt: skip
+    return next((rule for ok, rule in rules if not ok), "")
 
 
 def _token(value: Optional[str], disabled: bool) -> Optional[Secret]:
@@ -181,9 +242,20 @@ def _token(value: Optional[str], disabled: bool) -> Optional[Secret]:
             f"no bearer token: pass token=... or set the {CMS_BEARER_TOKEN} environment variable"
             " (or pass disabled=True to validate events without sending them)",
         )
-    if any(ch in value for ch in "\r\n"):
-        raise ConfigurationError("token", "must not contain line breaks")
-    return Secret(value.strip())
+    value = value.strip()
+    if value.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            "token",
+            "looks like a URL: the arguments are CMSClient(token, host); pass them by keyword",
+        )
+    if not all("!" <= ch <= "~" for ch in value):
+        # Sent in the Authorization header: visible ASCII only. The token is not shown.
+        raise ConfigurationError(
+            "token",
+            "must be visible ASCII characters only (no spaces, line breaks or non-ASCII "
+            "characters such as '€' or zero-width spaces): it is sent in an HTTP header",
+        )
+    return Secret(value)
 
 
 def _spool_path(value: Any, write_ahead: bool) -> Optional[str]:

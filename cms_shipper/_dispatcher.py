@@ -73,14 +73,16 @@ class Dispatcher(Generic[T]):
         self._interval_s = flush_interval_s
         self._stop = stop
         self._clock = clock
-        self._cv = threading.Condition(threading.Lock())
+        # Re-entrant: queue.put() notifies from the caller's thread, and a signal handler
+        # calling close() there may notify again before the first notify returned.
+        self._cv = threading.Condition(threading.RLock())
         self._sched: Scheduler[T] = Scheduler()
         self._timekeeper = False  # an idle sender waits with the flush interval for all
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-sender-{i}", daemon=True)
             for i in range(senders)
         ]
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # track_* starts the senders; so may a handler
         self._started = False
         queue.notify = self.notify
 

@@ -46,7 +46,9 @@ class Ledger:
     """Thread-safe outcome accounting, flush marks and per-event waits."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that calls close() runs in the main thread, which may
+        # be inside one of these critical sections (track_* -> record/finish).
+        self._lock = threading.RLock()
         # Waiters are woken only when what they wait for is done: a flush once its last
         # event resolves, r.wait() when its own does. (One shared condition woke every
         # waiter on every resolution: a flush of N events cost N wake-ups of its thread.)

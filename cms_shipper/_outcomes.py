@@ -6,13 +6,16 @@ Bodies are parsed leniently: the API answers ``{"status": true, "data": ...}``,
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections import deque
 from typing import Any, Callable, Optional
 
 from cms_shipper._config import Settings
 from cms_shipper._events import Event
 from cms_shipper._log import RateLimitedLog
-from cms_shipper._transport import Reply
+from cms_shipper._transport import MAX_ERROR_TEXT, Reply, one_line
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import Outcome, Reason, Result
 
@@ -21,19 +24,33 @@ __all__ = ["Reporter", "dropped", "from_reply", "invalid", "unsendable"]
 _SUCCESS = (Outcome.DELIVERED, Outcome.DUPLICATE)
 
 
+_MAX_DETAILS = 20  # fields of a server's "details" kept in a result
+_MAX_DETAIL_TEXT = 200
+
+
+def _text(value: Any, limit: int = MAX_ERROR_TEXT) -> str:
+    """A server's value as bounded, single-line text (it reaches logs and results)."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)[: limit + 1]
+    except Exception:  # nested past the recursion limit, or stranger
+        text = f"<{type(value).__name__}>"
+    return one_line(text, limit)
+
+
 def _body_parts(body: Any) -> tuple[Any, Optional[str], Optional[dict[str, str]]]:
-    """(data, error, details) from any body shape."""
+    """(data, error, details) from any body shape; the server's text bounded and one line."""
     if isinstance(body, dict):
         error = body.get("error") or body.get("message")
         details = body.get("details")
         data = body.get("data", body)
+        kept = list(details.items())[:_MAX_DETAILS] if isinstance(details, dict) else None
         return (
             data,
-            str(error) if error is not None else None,
-            {str(k): str(v) for k, v in details.items()} if isinstance(details, dict) else None,
+            _text(error) if error is not None else None,
+            {_text(k, 60): _text(v, _MAX_DETAIL_TEXT) for k, v in kept} if kept else None,
         )
     text = body if isinstance(body, str) else None
-    return body, (text or None), None
+    return body, (one_line(text) if text else None), None
 
 
 def from_reply(
@@ -87,7 +104,14 @@ def unsendable(event: Event, exc: BaseException) -> Result:
 
 
 class Reporter:
-    """Logs each final outcome (rate-limited) and hands it to the user's callback."""
+    """Logs each final outcome (rate-limited) and hands it to the user's callback.
+
+    Callbacks run on one dedicated daemon thread, in the order outcomes were reached, so
+    a slow or blocking callback never holds up a sender, a flush or ``close()``'s
+    deadline, and may itself call ``track_*``, ``flush``, ``close``, ``wait`` or ``stats``.
+    Outcomes decided inside ``track_*`` (invalid, closed, disabled, ``sync_mode``) are
+    called back in the caller's thread before it returns (``inline``).
+    """
 
     def __init__(self, settings: Settings, log: Optional[RateLimitedLog] = None) -> None:
         self._log = log or RateLimitedLog()
@@ -98,13 +122,55 @@ class Reporter:
             Outcome.FAILED: settings.on_error,
             Outcome.DROPPED: settings.on_drop,
         }
+        self._calls: deque[tuple[Callable[[Any], None], Result]] = deque()
+        self._cond = threading.Condition(threading.RLock())  # re-entrant: signal handlers
+        self._busy = False
+        self._thread: Optional[threading.Thread] = None
 
-    def report(self, final: Result) -> None:
-        """Log and call back; never raises (a raising callback is logged)."""
+    def report(self, final: Result, *, inline: bool = False) -> None:
+        """Log and call back (now if ``inline``, else on the callback thread); never raises."""
         self._log_outcome(final)
         callback = self._callbacks.get(final.outcome) if final.outcome else None
         if callback is None:
             return
+        if inline:
+            self._call(callback, final)
+            return
+        with self._cond:
+            self._calls.append((callback, final))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cms-shipper-callbacks", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def on_callback_thread(self) -> bool:
+        """True when called from a callback (on the callback thread)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for queued callbacks to run; returns how many have not."""
+        if self.on_callback_thread():
+            return len(self._calls)  # a callback cannot wait for itself and those behind it
+        with self._cond:
+            self._cond.wait_for(lambda: not self._calls and not self._busy, timeout_s)
+            return len(self._calls) + self._busy
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._calls))
+                callback, final = self._calls.popleft()
+                self._busy = True
+            try:
+                self._call(callback, final)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _call(self, callback: Callable[[Any], None], final: Result) -> None:
         try:
             callback(final)
         except Exception:

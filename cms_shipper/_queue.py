@@ -34,7 +34,8 @@ class EventQueue(Generic[T]):
         self._batch_size = batch_size
         self._items: deque[T] = deque()
         self._taken = 0  # taken by the consumer and not yet done; changed under _lock only
-        self._lock = threading.Lock()  # the consumer side: take, task_done
+        # The consumer side: take, task_done. Re-entrant for a close() in a signal handler.
+        self._lock = threading.RLock()
         # Called once when the waiting items reach a batch (and by wake()); set by the
         # consumer. A put pays for it once per batch, never per event.
         self.notify: Callable[[], None] = _nobody

@@ -44,7 +44,7 @@ class Settler:
     def now(self, final: Result) -> TrackResult:
         """Count, report and return an event whose outcome is known in the caller's thread."""
         self._ledger.record(final)
-        self._reporter.report(final)
+        self._reporter.report(final, inline=True)
         return self.returned(final)
 
     def returned(self, final: Result) -> TrackResult:
@@ -97,6 +97,30 @@ class Settler:
             "%d saved to the spool, %d dropped (%d were in flight and may have reached the server)",
             len(abandoned), budget_s, spooled, len(abandoned) - spooled, in_flight,
         )  # fmt: skip
+
+    def internal_error(self, result: Optional[TrackResult]) -> TrackResult:
+        """The last resort for a bug of ours inside track_*: a counted outcome; never raises."""
+        final = Result(
+            success=False, message="dropped: internal_error",
+            error="internal error in cms_shipper while tracking; the event was not sent (logged)",
+            event_id=result.event_id if result else None, outcome=Outcome.DROPPED,
+            reason=Reason.INTERNAL_ERROR, event=result.event if result else None,
+        )  # fmt: skip
+        try:
+            if result is not None and result._seq:
+                self.finish(result, final, queued=False)  # admitted: resolve it, once
+                return self.returned(result.final or final)
+            return self.now(final)
+        except Exception:  # the books themselves failed: still an answer, not a raise
+            return TrackResult(
+                books=None, final=final, success=False, message=final.message,
+                error=final.error, outcome=final.outcome, reason=final.reason,
+            )  # fmt: skip
+
+    @property
+    def reporter(self) -> Reporter:
+        """Who logs outcomes and runs the callbacks."""
+        return self._reporter
 
     def flush_result(self, pending: int) -> FlushResult:
         """Counts over the client's life, with ``pending`` still pending."""

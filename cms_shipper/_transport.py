@@ -132,12 +132,18 @@ class Transport:
         connect_timeout_s: float,
         read_timeout_s: float,
         max_connections: int,
+        *,
+        callers_wait: bool = False,
     ) -> None:
         self._host = host
         self._timeout = (connect_timeout_s, read_timeout_s)
+        # At most max_connections sockets, whatever the number of threads sending: in
+        # sync_mode (callers_wait) further callers wait for one to be free, each wait
+        # bounded by the attempt deadlines of the requests ahead of them.
         self._adapter = _OneHostAdapter(
-            pool_connections=1, pool_maxsize=max_connections, max_retries=0
-        )
+            pool_connections=1, pool_maxsize=max_connections, max_retries=0,
+            pool_block=callers_wait,
+        )  # fmt: skip
         # requests would read proxy and CA settings from the environment on every request;
         # read them once.
         self._proxies = requests.utils.get_environ_proxies(host)

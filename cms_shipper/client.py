@@ -13,16 +13,16 @@ import os
 import secrets
 import threading
 import time
-import weakref
 from typing import Any, Optional
 
-from cms_shipper._config import Settings, resolve_settings
+from cms_shipper import _process
+from cms_shipper._config import Settings, resolve_settings, wait_budget
 from cms_shipper._delivery import Delivery
 from cms_shipper._dispatcher import Dispatcher
 from cms_shipper._events import Event, build_lead, build_sale, event_of
 from cms_shipper._health import HealthGate
 from cms_shipper._ledger import Ledger
-from cms_shipper._log import RateLimitedLog
+from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._outcomes import Reporter, dropped, invalid
 from cms_shipper._queue import EventQueue
 from cms_shipper._retry import RetryPolicy
@@ -53,9 +53,11 @@ class CMSClient:
         if s.spool_path and not s.disabled:
             self._keeper = SpoolKeeper(s, RateLimitedLog())
         self._start_fresh()
-        self._exit_hook = _make_exit_hook(self)
-        atexit.register(self._exit_hook)
-        _LIVE_CLIENTS.add(self)
+        self._exit_hook = _process.register(self)
+        if s.handle_sigterm:
+            from cms_shipper._sigterm import install  # noqa: PLC0415  # only when asked for
+
+            install(self)
         if self._replayer is not None:
             # Eagerly: a process that only opens the client still delivers the backlog.
             self._replayer.ensure_started()
@@ -79,8 +81,9 @@ class CMSClient:
             max_retry_after_s=s.max_retry_after_s,
         )
         self._transport = Transport(
-            s.host, s.token, s.connect_timeout_s, s.read_timeout_s, s.max_concurrent_requests
-        )
+            s.host, s.token, s.connect_timeout_s, s.read_timeout_s, s.max_concurrent_requests,
+            callers_wait=s.sync_mode,
+        )  # fmt: skip
         self._delivery = Delivery(self._transport, self._gate, self._policy, self._stop)
         self._dispatcher: Dispatcher[TrackResult] = Dispatcher(
             self._queue,
@@ -99,6 +102,7 @@ class CMSClient:
         # for a uuid4 on every event.
         self._id_prefix = f"evt_{secrets.token_hex(6)}_"
         self._close_lock = threading.Lock()
+        self._closer: Optional[int] = None  # the thread inside close(), if any
         self._close_result: Optional[FlushResult] = None
         self._replayer: Optional[Replayer] = None
         if self._keeper is not None and self._keeper.enabled:
@@ -150,7 +154,9 @@ class CMSClient:
                 customer_avatar=customer_avatar, timestamp=timestamp, mode=mode,
             )  # fmt: skip
         except ValidationError as exc:
-            return self._settler.now(invalid(exc))
+            return self._refuse(exc)
+        except Exception:  # a bug of ours must never reach the caller
+            return self._internal_error(None)
         return self._submit(event)
 
     def track_sale(
@@ -176,17 +182,41 @@ class CMSClient:
                 customer_avatar=customer_avatar, timestamp=timestamp,
             )  # fmt: skip
         except ValidationError as exc:
-            return self._settler.now(invalid(exc))
+            return self._refuse(exc)
+        except Exception:  # a bug of ours must never reach the caller
+            return self._internal_error(None)
         return self._submit(event)
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
 
+    def _refuse(self, exc: ValidationError) -> TrackResult:
+        try:
+            return self._settler.now(invalid(exc))
+        except Exception:
+            return self._internal_error(None)
+
     def _submit(self, event: Event) -> TrackResult:
+        result: Optional[TrackResult] = None
+        try:
+            if self._pid != os.getpid():
+                # Some servers fork without running os.register_at_fork hooks.
+                self._after_fork()
+            early = self._settled_at_once(event)
+            if early is not None:
+                return early
+            result = TrackResult(
+                books=self._ledger, success=True, message="queued",
+                event_id=event.event_id, event=event,
+            )  # fmt: skip
+            self._ledger.admit(result)
+            return self._enqueue(result, event)
+        except Exception:  # a bug of ours must never reach the caller, nor strand the event
+            return self._internal_error(result)
+
+    def _settled_at_once(self, event: Event) -> Optional[TrackResult]:
+        """The outcome of an event that is not queued: closed, disabled, or sync_mode."""
         s = self._settings
-        if self._pid != os.getpid():
-            # Some servers fork without running os.register_at_fork hooks.
-            self._after_fork()
         if self._closed:
             return self._settler.now(
                 dropped(event, Reason.CLOSED, "the client is closed; event not sent")
@@ -195,18 +225,17 @@ class CMSClient:
             return self._settler.now(
                 dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
             )
-        if s.sync_mode:
-            receipt = TrackResult(books=None, success=False, event_id=event.event_id, event=event)
-            receipt._seq = next(self._sync_seqs)
-            final = self._delivery.send_now(receipt, s.retry_max_elapsed_s)
-            if self._keeper is not None:
-                final = self._keeper.settle([receipt], [final])[0]
-            return self._settler.now(final)
-        result = TrackResult(
-            books=self._ledger, success=True, message="queued",
-            event_id=event.event_id, event=event,
-        )  # fmt: skip
-        self._ledger.admit(result)
+        if not s.sync_mode:
+            return None
+        receipt = TrackResult(books=None, success=False, event_id=event.event_id, event=event)
+        receipt._seq = next(self._sync_seqs)
+        final = self._delivery.send_now(receipt, s.retry_max_elapsed_s)
+        if self._keeper is not None:
+            final = self._keeper.settle([receipt], [final])[0]
+        return self._settler.now(final)
+
+    def _enqueue(self, result: TrackResult, event: Event) -> TrackResult:
+        s = self._settings
         if s.write_ahead and self._keeper is not None:
             self._keeper.write_ahead(result)  # on disk before track_* returns
         if not self._queue.put(result):
@@ -216,10 +245,21 @@ class CMSClient:
             )  # fmt: skip
             final = self._settler.finish(result, final, queued=False)  # spooled, with a spool
             return self._settler.returned(final)
+        if self._closed:
+            # close() ran meanwhile (in another thread, or a signal handler in this one) and
+            # may have settled the pending events before this one was admitted. Settle it
+            # here; if close() did see it, the ledger keeps the first outcome.
+            late = dropped(event, Reason.CLOSED, "the client closed while the event was tracked")
+            self._settler.finish(result, late)
+            return self._settler.returned(result.final or late)
         self._dispatcher.ensure_started()
         if self._replayer is not None:
             self._replayer.ensure_started()  # in a forked child, replay starts here
         return result
+
+    def _internal_error(self, result: Optional[TrackResult]) -> TrackResult:
+        logger.exception("cms_shipper: internal error in track_*; event dropped and counted")
+        return self._settler.internal_error(result)
 
     def _submit_replayed(self, event: Event) -> None:
         """Feed an event claimed from the spool into the pipeline (the replay thread)."""
@@ -246,7 +286,7 @@ class CMSClient:
 
         ``None`` means ``flush_timeout_s`` from the settings. Never raises.
         """
-        budget = self._settings.flush_timeout_s if timeout_s is None else max(0.0, timeout_s)
+        budget = wait_budget(timeout_s, self._settings.flush_timeout_s)
         mark = self._ledger.mark()
         self._queue.wake()
         pending = self._ledger.wait_for(mark, time.monotonic() + budget)
@@ -257,32 +297,56 @@ class CMSClient:
 
         Events still pending at the deadline are spooled (with a spool) or dropped (reason
         ``shutdown``), counted and reported in one warning line; the result shows them as
-        ``pending``.
+        ``pending``. Returns by its own deadline whatever else is closing the client at the
+        same time: another thread, a callback, or a signal handler interrupting a close.
         """
-        budget = self._settings.shutdown_timeout_s if timeout_s is None else max(0.0, timeout_s)
+        budget = wait_budget(timeout_s, self._settings.shutdown_timeout_s)
         deadline = time.monotonic() + budget
-        with self._close_lock:
-            if self._close_result is not None:
-                return self._close_result
-            self._closed = True
-            atexit.unregister(self._exit_hook)
-            if self._replayer is not None:
-                self._replayer.stop.set()  # claim nothing more from the spool
-            self.flush(budget)
-            in_flight = self._dispatcher.in_flight()
-            result = self._settler.flush_result(self._ledger.counts()["pending"])
-            self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
-            abandoned = self._ledger.outstanding()
-            for pending in abandoned:
-                self._delivery.forget(pending._seq)
-            self._settler.abandon(abandoned, budget, in_flight)
-            self._transport.close()
-            if self._keeper is not None and self._dispatcher.in_flight() == 0:
-                # With requests still in flight the connection stays open, so a late
-                # answer can still remove its event's row (closed at interpreter exit).
-                self._keeper.close()
-            self._close_result = result
-            return result
+        reporter = self._settler.reporter
+        if self._closer == threading.get_ident():
+            return self._snapshot()  # re-entered: a signal handler interrupted this close
+        # A callback must not wait for a close that is waiting for the callbacks to finish.
+        wait_s = 0.0 if reporter.on_callback_thread() else budget
+        if not self._close_lock.acquire(timeout=wait_s):
+            return self._snapshot()  # another close() is at work; this one keeps its deadline
+        try:
+            if self._close_result is None:
+                self._closer = threading.get_ident()
+                self._close_result = self._shut_down(budget, deadline)
+            return self._close_result
+        finally:
+            self._closer = None
+            self._close_lock.release()
+
+    def _shut_down(self, budget: float, deadline: float) -> FlushResult:
+        self._closed = True
+        atexit.unregister(self._exit_hook)
+        if self._replayer is not None:
+            self._replayer.stop.set()  # claim nothing more from the spool
+        self.flush(budget)
+        in_flight = self._dispatcher.in_flight()
+        result = self._snapshot()
+        self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
+        abandoned = self._ledger.outstanding()
+        for pending in abandoned:
+            self._delivery.forget(pending._seq)
+        self._settler.abandon(abandoned, budget, in_flight)
+        self._transport.close()
+        if self._keeper is not None and self._dispatcher.in_flight() == 0:
+            # With requests still in flight the connection stays open, so a late
+            # answer can still remove its event's row (closed at interpreter exit).
+            self._keeper.close()
+        left = self._settler.reporter.drain(max(0.0, deadline - time.monotonic()))
+        if left:
+            logger.warning(
+                "cms_shipper: %d callback(s) had not run by the end of the %g s close budget; "
+                "they run later on the callback thread if the process lives on",
+                left, budget,
+            )  # fmt: skip
+        return result
+
+    def _snapshot(self) -> FlushResult:
+        return self._settler.flush_result(self._ledger.counts()["pending"])
 
     async def aflush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``flush`` for async code: waits in a worker thread, never blocking the event loop."""
@@ -309,30 +373,3 @@ class CMSClient:
 
 def _customer_key(result: TrackResult) -> str:
     return event_of(result).customer_key
-
-
-_LIVE_CLIENTS: weakref.WeakSet[CMSClient] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for client in list(_LIVE_CLIENTS):
-        client._after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # absent on Windows, where there is no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _make_exit_hook(client: CMSClient) -> Any:
-    """An atexit hook that holds the client weakly, so clients can still be collected."""
-    ref = weakref.ref(client)
-
-    def hook() -> None:
-        alive = ref()
-        # A forked child inherits the hook too. Once the client has rebuilt itself there
-        # (fork hook or first track), _pid is the child's and the child flushes its own
-        # events; otherwise the child has tracked nothing and the parent's are not its own.
-        if alive is not None and os.getpid() == alive._pid:
-            alive.close()
-
-    return hook

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from cms_shipper._config import wait_budget
+
 if TYPE_CHECKING:
     from cms_shipper._events import Event
 
@@ -46,6 +48,7 @@ class Reason(str, enum.Enum):
     SHUTDOWN = "shutdown"
     DISABLED = "disabled"
     SPOOL_FULL = "spool_full"
+    INTERNAL_ERROR = "internal_error"  # a bug of ours caught by track_*'s last-resort guard
 
     def __str__(self) -> str:
         return self.value
@@ -174,17 +177,23 @@ class TrackResult(Result):
 
         Returns the server's answer (``success``, ``status_code``, ``data`` or ``error``).
         On timeout returns a Result with ``success=False``, ``outcome=None`` and an
-        ``error`` saying the event is still pending. ``None`` waits without a bound.
+        ``error`` saying the event is still pending. ``None`` waits without a bound;
+        negative, NaN or non-numeric timeouts do not wait.
         """
+        # Any timeout value is fine: None waits without a bound; inf and huge are clamped;
+        # negative, NaN and non-numbers mean 0 (a garbage timeout must not hang a caller).
+        bound = None if timeout_s is None else wait_budget(timeout_s, 0.0)
         if self._final is None and self._books is not None:
-            self._books.wait_final(self, timeout_s)
+            self._books.wait_final(self, bound)
         final = self._final
         if final is not None:
             return final
         return Result(
             success=False,
             message="pending",
-            error=f"no final outcome within {timeout_s} s; the event is still pending",
+            error=f"no final outcome within {bound:g} s; the event is still pending"
+            if bound is not None
+            else "no final outcome yet; the event is still pending",
             event_id=self.event_id,
         )
 

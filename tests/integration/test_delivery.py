@@ -137,6 +137,8 @@ def test_queue_full_drops_count_and_call_back(
     assert [r.success for r in results] == [True] * 3 + [False] * 3
     assert all(r.reason is Reason.QUEUE_FULL for r in results[3:])
     assert all(r.done() and r.wait(0).outcome is Outcome.DROPPED for r in results[3:])
+    # on_drop runs on the callback thread, in order, not inside track_*.
+    assert wait_until(lambda: len(drops) == 3)
     assert [d.event_id for d in drops] == [r.event_id for r in results[3:]]
     assert client.flush(10.0)
     stats = client.stats()

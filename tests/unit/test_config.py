@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cms_shipper import CMSClient, ConfigurationError
-from cms_shipper._config import DEFAULT_HOST
+from cms_shipper._config import DEFAULT_HOST, MAX_WAIT_S, wait_budget
 
 TOKEN = "sekret-token-value-123"
 
@@ -106,3 +109,60 @@ def test_token_with_line_break_is_refused_without_echoing_it() -> None:
     with pytest.raises(ConfigurationError) as info:
         CMSClient(token=TOKEN + "\r\nX-Evil: 1")
     assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["a\u2028b", "tok\u20ac", "t\u200bk", "two words", "tab\there"])
+def test_a_token_no_http_header_can_carry_is_refused_without_echoing_it(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="visible ASCII") as info:
+        CMSClient(token=TOKEN + bad)
+    assert TOKEN not in str(info.value) and bad not in str(info.value)
+
+
+def test_swapped_positional_arguments_never_put_the_token_in_the_message() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        CMSClient("https://api.cme.sh", TOKEN)  # the vendor order is (token, host)
+    assert "keyword" in str(info.value) and TOKEN not in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        CMSClient(token="t", host=TOKEN)  # a token where the host goes
+    assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "rule"),
+    [
+        ("http://h/api?v=2", "no query"),
+        ("http://h/#x", "fragment"),
+        ("http://h?", "no query"),
+        ("http://user:secret@h", "user:password"),
+        ("http://[", "does not parse"),
+        ("http://h:99999", "does not parse"),
+        ("http://h /x", "no spaces"),
+    ],
+)
+def test_host_is_an_http_base_url_without_query_fragment_or_credentials(
+    host: str, rule: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=rule) as info:
+        CMSClient(token="t", host=host)
+    assert "secret" not in str(info.value)
+
+
+def test_a_host_path_prefix_is_kept() -> None:
+    client = CMSClient(token="t", host=" https://gateway.example/cms/ ")
+    assert client.settings.host == "https://gateway.example/cms"
+    client.close(0)
+
+
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.fractions(),
+                 st.text(max_size=3), st.binary(max_size=3)))  # fmt: skip
+def test_wait_budget_takes_any_value_and_stays_within_bounds(value: Any) -> None:
+    budget = wait_budget(value, 7.0)
+    assert 0.0 <= budget <= MAX_WAIT_S
+    if value is None or isinstance(value, (bool, str, bytes)):
+        assert budget == 7.0
+
+
+def test_wait_budget_clamps_the_extremes() -> None:
+    assert wait_budget(math.inf, 1.0) == MAX_WAIT_S == wait_budget(10**5000, 1.0)
+    assert wait_budget(-(10**5000), 1.0) == 0.0 == wait_budget(-1, 1.0)
+    assert wait_budget(math.nan, 1.0) == 1.0

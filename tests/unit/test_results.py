@@ -115,3 +115,20 @@ def test_rate_limited_log_counts_suppressed_repeats(caplog: pytest.LogCaptureFix
         "different",
         "queue full (4 similar messages suppressed in the last 60 s)",
     ]
+
+
+def test_server_text_reaches_results_bounded_and_on_one_line() -> None:
+    from cms_shipper._events import build_lead
+    from cms_shipper._outcomes import from_reply
+    from cms_shipper._transport import MAX_ERROR_TEXT, Reply
+
+    event = build_lead("evt_1", 0.0, event_name="signup", customer_external_id="u1")
+    body = {
+        "success": False,
+        "error": "x" * 20_000_000 + "\nINFO forged log line",
+        "details": {f"field{i}": "bad\n" * 1000 for i in range(100)},
+    }
+    final = from_reply(event, Reply(422, body), Outcome.REJECTED, Reason.HTTP_ERROR, 1)
+    assert len(final.error or "") <= MAX_ERROR_TEXT and "\n" not in (final.error or "")
+    details = final.details or {}
+    assert len(details) == 20 and all(len(v) <= 200 and "\n" not in v for v in details.values())
