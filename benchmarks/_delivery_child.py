@@ -18,9 +18,10 @@ import resource
 import sys
 import threading
 import time
-import traceback
 from collections import Counter
 from typing import Any, Dict, List, Tuple
+
+from _child import report
 
 from cms_shipper import CMSClient  # from the tree under test, on PYTHONPATH
 
@@ -107,15 +108,7 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def main() -> None:
     logging.getLogger("cms_shipper").setLevel(logging.ERROR)  # outcomes go in the table
-    try:
-        figures = run(json.loads(sys.argv[1]))
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.write("result " + json.dumps(figures) + "\n")
-    sys.stdout.flush()
-    os._exit(0)
+    report(lambda: run(json.loads(sys.argv[1])))
 
 
 if __name__ == "__main__":

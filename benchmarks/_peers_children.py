@@ -23,9 +23,10 @@ import os
 import sys
 import threading
 import time
-import traceback
 import tracemalloc
 from typing import Any, Callable, Dict, List
+
+from _child import report
 
 TOKEN = "test-token"
 EVENT = "signup_started"
@@ -181,15 +182,7 @@ def main() -> None:
     for name in ("cms_shipper", "segment", "urllib3"):  # outcomes are counted, not logged
         logging.getLogger(name).setLevel(logging.CRITICAL)
     spec = json.loads(sys.argv[1])
-    try:
-        figures: Any = KINDS[spec["kind"]](spec)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.write("result " + json.dumps(figures) + "\n")
-    sys.stdout.flush()
-    os._exit(0)
+    report(lambda: KINDS[spec["kind"]](spec))
 
 
 if __name__ == "__main__":
