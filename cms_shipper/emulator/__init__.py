@@ -27,6 +27,10 @@ emulator`` flags in brackets):
   (chunked, never ends), ``nested_reply_depth`` (``[[[...]]]``) [--trickle-interval-s,
   --reply-padding-bytes, --endless-reply, --nested-reply-depth].
 
+``log_requests=True`` logs one INFO line per /track request (method, path, status,
+customerExternalId, latency; never the token) on the ``cms_shipper.emulator`` logger
+[on by default for ``cms-shipper emulator``; --quiet]. ``token`` is the token it accepts.
+
 Settings go to ``Emulator(...)`` or ``configure(...)``; ``reset()`` ends outages, clears
 customer failures and puts the settings back to the constructor's.
 Over HTTP, without auth: ``GET /_emulator/events``, ``GET /_emulator/requests``,

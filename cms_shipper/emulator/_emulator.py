@@ -49,6 +49,7 @@ class Emulator:
         reply_padding_bytes: int = 0,
         endless_reply: bool = False,
         nested_reply_depth: int = 0,
+        log_requests: bool = False,
     ) -> None:
         if not (isinstance(port, int) and 0 <= port <= 65535):
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
@@ -58,6 +59,7 @@ class Emulator:
             retry_after_s=retry_after_s, seed=seed, rate_limit_retry_after=rate_limit_retry_after,
             trickle_interval_s=trickle_interval_s, reply_padding_bytes=reply_padding_bytes,
             endless_reply=endless_reply, nested_reply_depth=nested_reply_depth,
+            log_requests=log_requests,
         )  # fmt: skip
         self._state = State(settings)
         self._listener = Listener(host, port, self._state)
@@ -123,6 +125,11 @@ class Emulator:
         return self._listener.port
 
     @property
+    def token(self) -> Optional[str]:
+        """The bearer token it accepts now (None: any token); the emulator's own fake one."""
+        return self._state.settings.token
+
+    @property
     def url(self) -> str:
         """Base URL to give the client, e.g. ``http://127.0.0.1:54321``."""
         return f"http://{self._listener.host}:{self.port}"
@@ -175,6 +182,7 @@ class Emulator:
         reply_padding_bytes: Union[int, _Unset] = _UNSET,
         endless_reply: Union[bool, _Unset] = _UNSET,
         nested_reply_depth: Union[int, _Unset] = _UNSET,
+        log_requests: Union[bool, _Unset] = _UNSET,
     ) -> None:
         """Change settings from now on; arguments left out keep their value."""
         given: Dict[str, Any] = {
@@ -184,6 +192,7 @@ class Emulator:
             "rate_limit_retry_after": rate_limit_retry_after,
             "trickle_interval_s": trickle_interval_s, "reply_padding_bytes": reply_padding_bytes,
             "endless_reply": endless_reply, "nested_reply_depth": nested_reply_depth,
+            "log_requests": log_requests,
         }  # fmt: skip
         self._state.configure(**{k: v for k, v in given.items() if v is not _UNSET})
 

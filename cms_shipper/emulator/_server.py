@@ -137,26 +137,43 @@ class _Handler(BaseHTTPRequestHandler):
             self._track(path, body)
 
     def _track(self, path: str, body: bytes) -> None:
-        state, arrived_at = self.server.state, time.time()
+        state, started = self.server.state, time.monotonic()
         payload = _parse_json(body)
         endpoint = ENDPOINTS.get(path)
         if endpoint is None:
-            state.log(path, 404, payload, arrived_at)
-            self._send(error(404, "Not found"), state.settings)
+            state.log(path, 404, payload, time.time())
+            self._answer(path, payload, started, error(404, "Not found"))
             return
         state.enter()
         try:
-            answer = state.arrive(path, payload, arrived_at)
-            if answer is None:
-                # Held here, outside the lock; stop() sets the event and cuts the wait short.
-                if self.server.stopping.wait(state.settings.latency_s):
-                    self._abort()
-                    return
-                auth = self.headers.get("Authorization")
-                answer = state.decide(TrackRequest(path, endpoint, auth, payload, arrived_at))
-            self._send(answer, state.settings)
+            self._answer(path, payload, started, self._decide(path, endpoint, payload))
         finally:
             state.leave()
+
+    def _decide(self, path: str, endpoint: Endpoint, payload: Any) -> Optional[Answer]:
+        """The answer to a /track request; None when ``stop()`` cut the latency wait short."""
+        state, arrived_at = self.server.state, time.time()
+        answer = state.arrive(path, payload, arrived_at)
+        if answer is not None:
+            return answer
+        # Held here, outside the lock; stop() sets the event and cuts the wait short.
+        if self.server.stopping.wait(state.settings.latency_s):
+            return None
+        auth = self.headers.get("Authorization")
+        return state.decide(TrackRequest(path, endpoint, auth, payload, arrived_at))
+
+    def _answer(self, path: str, payload: Any, started: float, answer: Optional[Answer]) -> None:
+        """Log the request if asked to, then answer it (None: close unanswered)."""
+        settings = self.server.state.settings
+        if settings.log_requests:
+            # Before the body goes out: the client cannot see its answer before the line is
+            # written, and an endless or trickled reply is logged too.
+            status = None if answer is None else answer.status
+            _log_request(self.command, path, status, payload, started)
+        if answer is None:
+            self._abort()
+        else:
+            self._send(answer, settings)
 
     def _read_body(self) -> Optional[bytes]:
         """Exactly Content-Length bytes; None (after answering) when that is impossible."""
@@ -196,6 +213,25 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
+
+
+def _log_request(
+    method: str, path: str, status: Optional[int], payload: Any, started: float
+) -> None:
+    """One INFO line for a /track request; headers (the token) are never part of it."""
+    customer = payload.get("customerExternalId") if isinstance(payload, dict) else None
+    logger.info(
+        "%s %s %s customerExternalId=%s %.1f ms",
+        method, _shown(path), "-" if status is None else status,
+        "-" if customer is None else _shown(str(customer)),
+        (time.monotonic() - started) * 1000.0,
+    )  # fmt: skip
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """The text as is when plain, else its repr: a client's line breaks cannot forge log lines."""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text if text.isprintable() and " " not in text else repr(text)
 
 
 def _parse_json(body: bytes) -> Any:

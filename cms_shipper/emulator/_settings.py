@@ -29,6 +29,9 @@ class Settings:
     reply_padding_bytes: int = 0
     endless_reply: bool = False
     nested_reply_depth: int = 0
+    # One INFO line per /track request on the "cms_shipper.emulator" logger. Off by default
+    # so that tests stay quiet; the command line turns it on.
+    log_requests: bool = False
 
     def __post_init__(self) -> None:
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
@@ -51,6 +54,7 @@ class Settings:
         _count("reply_padding_bytes", self.reply_padding_bytes)
         _flag("endless_reply", self.endless_reply)
         _count("nested_reply_depth", self.nested_reply_depth)
+        _flag("log_requests", self.log_requests)
 
     def retry_after_header(self) -> tuple[tuple[str, str], ...]:
         """The Retry-After header for injected errors and outages, if one is configured."""

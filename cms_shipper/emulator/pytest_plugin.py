@@ -14,7 +14,10 @@ Installed with the package (a ``pytest11`` entry point), so no set-up is needed:
         cms_emulator.outage(status=503)     # or configure(latency_s=..., error_rate=...)
         ...
 
-The emulator accepts the token ``"test-token"`` and is stopped after the test.
+The fixture yields the started ``Emulator``: ``url``, ``token`` (the ``"test-token"`` it
+accepts), ``events``, ``requests``, ``wait_for_events(n, timeout_s)``, and the faults
+(``configure(...)``, ``outage(...)``, ``fail_customer(...)``, ``reset()``). It is stopped
+after the test. Its request log is off; ``configure(log_requests=True)`` turns it on.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,7 +73,10 @@ def test_invalid_input_exits_one_with_a_422_naming_the_field(cms_emulator: Emula
 
 def test_amount_must_be_whole_cents_on_the_command_line_too(cms_emulator: Emulator) -> None:
     done = cli(*SALE, "--amount", "49.99", host=cms_emulator.url)
-    assert done.returncode == 2 and "--amount" in done.stderr
+    assert done.returncode == 2 and "argument --amount" in done.stderr
+    assert "must be an int number of cents" in done.stderr
+    assert "(for 49.99 send 4999)" in done.stderr and "invalid int value" not in done.stderr
+    assert cms_emulator.requests == []
 
 
 def test_wrong_token_exits_one_with_401(cms_emulator: Emulator) -> None:
@@ -87,10 +91,19 @@ def test_token_file(cms_emulator: Emulator, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_missing_token_exits_two_naming_the_variable() -> None:
-    done = cli(*LEAD, token=None, host="http://127.0.0.1:9")
+def test_missing_token_exits_two_naming_the_variable_and_the_flag() -> None:
+    done = cli(*LEAD, token=None, host="http://127.0.0.1:9")  # env without CMS_BEARER_TOKEN
     assert done.returncode == 2
-    assert "CMS_BEARER_TOKEN" in done.stderr and "Traceback" not in done.stderr
+    assert "CMS_BEARER_TOKEN" in done.stderr and "--token-file FILE" in done.stderr
+    # The library's advice is for Python callers, not for the shell.
+    assert "token=..." not in done.stderr and "disabled=True" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_bad_host_is_named_by_its_flag() -> None:
+    done = cli(*LEAD, "--host", "ftp://example.com")
+    assert done.returncode == 2 and done.stderr.startswith("cms-shipper: --host: ")
+    assert "Traceback" not in done.stderr
 
 
 def test_server_down_exits_one_within_the_timeout() -> None:
@@ -106,10 +119,41 @@ def test_help_everywhere(command: list[str]) -> None:
     assert done.returncode == 0 and "usage: cms-shipper" in done.stdout
 
 
-def test_emulator_command_serves_until_stopped() -> None:
+HELP_MENTIONS = {
+    "lead": ["ISO 8601, e.g. 2026-11-24T10:00:00Z", "naive means UTC", "(default: now)",
+             'only "deferred"', "needs --click-id", "CMS_BEARER_TOKEN", "(default: 15)"],
+    "sale": ["4999 for 49.99", "e.g. USD", "--token-file FILE", "ISO 8601"],
+    "emulator": ["(default: 8787)", "(default: 127.0.0.1)", "(default: test-token)",
+                 "--quiet", "--latency-ms MS", "0 to 1", "(default: random)"],
+    "demo": ["(default: 400)", "(default: 4)", "(default: 1)"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(HELP_MENTIONS))
+def test_help_gives_formats_and_defaults(command: str) -> None:
+    done = cli(command, "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    for mention in HELP_MENTIONS[command]:
+        assert mention in text, mention
+
+
+def test_every_flag_has_help() -> None:
+    for command in HELP_MENTIONS:
+        lines = cli(command, "--help").stdout.splitlines()
+        options = lines[next(i for i, line in enumerate(lines) if line == "options:") :]
+        for i, line in enumerate(options):
+            words = line.split()
+            if line.startswith("  -") and len(words) <= 2:  # the flag alone: help on the next line
+                assert options[i + 1].startswith(" " * 10), (command, line)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_emulator_command_serves_until_stopped(quiet: bool) -> None:
     port = unused_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cms_shipper", "emulator", "--port", str(port)],
+        [sys.executable, "-m", "cms_shipper", "emulator", "--port", str(port)]
+        + (["--quiet"] if quiet else []),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -128,8 +172,26 @@ def test_emulator_command_serves_until_stopped() -> None:
         assert answer.status_code == 200
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in out and "CMS_HOST" in out
+    logged = [line for line in err.splitlines() if "/track/" in line]
+    if quiet:
+        assert logged == []
+    else:
+        assert len(logged) == 1 and "POST /track/lead 200 customerExternalId=u1" in logged[0]
+        assert logged[0].endswith(" ms")
+    assert TOKEN not in err
+
+
+def test_emulator_on_a_busy_port_names_the_address() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = cli("emulator", "--port", str(port), timeout=30)
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_demo_runs_and_its_books_add_up() -> None:
