@@ -28,8 +28,10 @@ __all__ = [
     "CMS_SYNC_MODE",
     "CMS_WRITE_AHEAD",
     "DEFAULT_HOST",
+    "MAX_WAIT_S",
     "Secret",
     "Settings",
+    "default",
     "resolve_settings",
     "wait_budget",
 ]
@@ -135,6 +137,11 @@ _FALSE = {"0", "false", "no", "off", ""}
 # The longest wait any blocking call honours (about 31 years, within every platform's
 # threading.TIMEOUT_MAX): larger values, inf included, mean "as long as it takes".
 MAX_WAIT_S = min(1e9, threading.TIMEOUT_MAX)
+
+
+def default(name: str) -> Any:
+    """The default of a ``Settings`` field (for ``CMSClient``'s signature)."""
+    return Settings.__dataclass_fields__[name].default
 
 
 def wait_budget(value: object, default: float) -> float:

@@ -13,10 +13,10 @@ import os
 import secrets
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from cms_shipper import _process
-from cms_shipper._config import Settings, resolve_settings, wait_budget
+from cms_shipper._config import Settings, default, resolve_settings, wait_budget
 from cms_shipper._delivery import Delivery
 from cms_shipper._dispatcher import Dispatcher
 from cms_shipper._events import Event, build_lead, build_sale, event_of
@@ -30,7 +30,7 @@ from cms_shipper._settle import Settler
 from cms_shipper._spooling import Replayer, SpoolKeeper
 from cms_shipper._transport import Transport
 from cms_shipper.errors import ValidationError
-from cms_shipper.results import FlushResult, Reason, TrackResult
+from cms_shipper.results import FlushResult, Reason, Result, TrackResult
 
 __all__ = ["CMSClient"]
 
@@ -38,7 +38,45 @@ __all__ = ["CMSClient"]
 class CMSClient:
     """Non-blocking CutMeShort client: ``track_*`` queues, background senders deliver."""
 
-    def __init__(self, token: Optional[str] = None, host: Optional[str] = None, **options: Any):
+    def __init__(
+        self,
+        token: Optional[str] = None,
+        host: Optional[str] = None,
+        *,
+        max_queue_size: int = default("max_queue_size"),
+        batch_size: int = default("batch_size"),
+        flush_interval_s: float = default("flush_interval_s"),
+        max_concurrent_requests: int = default("max_concurrent_requests"),
+        max_requests_per_minute: Optional[int] = None,  # CMS_MAX_REQUESTS_PER_MINUTE
+        retry_max_attempts: int = default("retry_max_attempts"),
+        retry_max_elapsed_s: float = default("retry_max_elapsed_s"),
+        retry_initial_backoff_s: float = default("retry_initial_backoff_s"),
+        retry_max_backoff_s: float = default("retry_max_backoff_s"),
+        max_retry_after_s: float = default("max_retry_after_s"),
+        connect_timeout_s: float = default("connect_timeout_s"),
+        read_timeout_s: float = default("read_timeout_s"),
+        shutdown_timeout_s: Optional[float] = None,  # CMS_SHUTDOWN_TIMEOUT_S, else 5.0
+        flush_timeout_s: float = default("flush_timeout_s"),
+        on_success: Optional[Callable[[Result], Any]] = None,
+        on_error: Optional[Callable[[Result], Any]] = None,
+        on_drop: Optional[Callable[[Result], Any]] = None,
+        sync_mode: Optional[bool] = None,  # CMS_SYNC_MODE, else False
+        disabled: Optional[bool] = None,  # CMS_DISABLED, else False
+        spool_path: Optional[Union[str, os.PathLike[str]]] = None,  # CMS_SPOOL_PATH
+        spool_max_bytes: int = default("spool_max_bytes"),
+        write_ahead: Optional[bool] = None,  # CMS_WRITE_AHEAD, else False
+        spool_replay_interval_s: float = default("spool_replay_interval_s"),
+        spool_lease_s: float = default("spool_lease_s"),
+        handle_sigterm: Optional[bool] = None,  # CMS_HANDLE_SIGTERM, else False
+    ) -> None:
+        """Build a client; every option is validated here (``ConfigurationError`` names it).
+
+        ``token`` and ``host`` fall back to ``CMS_BEARER_TOKEN`` and ``CMS_HOST``; an
+        option left at None falls back to its environment variable, then its default.
+        The README's options table says what each one does.
+        """
+        # Every keyword argument given (None: not given, so environment or default).
+        options = {k: v for k, v in locals().items() if k not in _POSITIONAL and v is not None}
         self._settings: Settings = resolve_settings(token, host, options)
         s = self._settings
         self._policy = RetryPolicy(
@@ -369,6 +407,9 @@ class CMSClient:
         )
         snapshot["closed"] = self._closed
         return snapshot
+
+
+_POSITIONAL = frozenset({"self", "token", "host"})
 
 
 def _customer_key(result: TrackResult) -> str:

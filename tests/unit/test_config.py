@@ -74,7 +74,6 @@ def test_token_never_in_repr_or_str() -> None:
         ({"retry_initial_backoff_s": 5.0, "retry_max_backoff_s": 1.0}, "retry_initial_backoff_s"),
         ({"on_error": "print"}, "on_error"),
         ({"sync_mode": "yes"}, "sync_mode"),
-        ({"max_queue": 5}, "max_queue"),
     ],
 )
 def test_bad_option_names_the_argument(options: dict[str, Any], argument: str) -> None:
@@ -166,3 +165,22 @@ def test_wait_budget_clamps_the_extremes() -> None:
     assert wait_budget(math.inf, 1.0) == MAX_WAIT_S == wait_budget(10**5000, 1.0)
     assert wait_budget(-(10**5000), 1.0) == 0.0 == wait_budget(-1, 1.0)
     assert wait_budget(math.nan, 1.0) == 1.0
+
+
+def test_every_option_is_an_explicit_keyword_only_parameter_with_its_default() -> None:
+    import inspect
+
+    from cms_shipper._config import Settings
+
+    params = inspect.signature(CMSClient).parameters
+    options = set(Settings.__dataclass_fields__) - {"token", "host"}
+    keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keyword_only == options
+    assert list(params)[:2] == ["token", "host"]  # positional, as in the vendor SDK
+    assert params["max_queue_size"].default == 10_000 and params["batch_size"].default == 100
+    assert params["max_queue_size"].annotation == "int"  # shown by help() and IDEs
+
+
+def test_a_misspelt_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="max_queue"):
+        CMSClient(token="t", max_queue=5)  # type: ignore[call-arg]
