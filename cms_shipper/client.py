@@ -17,18 +17,14 @@ from typing import Any, Callable, Optional, Union
 
 from cms_shipper import _process
 from cms_shipper._config import Settings, default, resolve_settings, wait_budget
-from cms_shipper._delivery import Delivery
-from cms_shipper._dispatcher import Dispatcher
+from cms_shipper._engine import Engine
 from cms_shipper._events import Event, build_lead, build_sale, event_of
-from cms_shipper._health import HealthGate
 from cms_shipper._ledger import Ledger
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._outcomes import Reporter, dropped, invalid
 from cms_shipper._queue import EventQueue
-from cms_shipper._retry import RetryPolicy
 from cms_shipper._settle import Settler
 from cms_shipper._spooling import Replayer, SpoolKeeper
-from cms_shipper._transport import Transport
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Reason, Result, TrackResult
 
@@ -79,13 +75,6 @@ class CMSClient:
         options = {k: v for k, v in locals().items() if k not in _POSITIONAL and v is not None}
         self._settings: Settings = resolve_settings(token, host, options)
         s = self._settings
-        self._policy = RetryPolicy(
-            max_attempts=s.retry_max_attempts,
-            max_elapsed_s=s.retry_max_elapsed_s,
-            initial_backoff_s=s.retry_initial_backoff_s,
-            max_backoff_s=s.retry_max_backoff_s,
-            max_retry_after_s=s.max_retry_after_s,
-        )
         self._closed = False
         self._keeper: Optional[SpoolKeeper] = None
         if s.spool_path and not s.disabled:
@@ -113,27 +102,7 @@ class CMSClient:
         self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
         self._log = RateLimitedLog()
         self._settler = Settler(self._ledger, self._queue, Reporter(s, self._log), self._keeper)
-        self._stop = threading.Event()
-        self._gate = HealthGate(
-            max_requests_per_minute=s.max_requests_per_minute,
-            max_retry_after_s=s.max_retry_after_s,
-        )
-        self._transport = Transport(
-            s.host, s.token, s.connect_timeout_s, s.read_timeout_s, s.max_concurrent_requests,
-            callers_wait=s.sync_mode,
-        )  # fmt: skip
-        self._delivery = Delivery(self._transport, self._gate, self._policy, self._stop)
-        self._dispatcher: Dispatcher[TrackResult] = Dispatcher(
-            self._queue,
-            self._gate,
-            key=_customer_key,
-            attempt=self._delivery.attempt,
-            finish=self._settler.sent,
-            senders=s.max_concurrent_requests,
-            batch_size=s.batch_size,
-            flush_interval_s=s.flush_interval_s,
-            stop=self._stop,
-        )
+        self._engine = Engine(s, self._queue, key=_customer_key, settle=self._settler.sent)
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
         self._ids = itertools.count(1)
         # Random per client and process: ids stay unique across processes without paying
@@ -267,7 +236,7 @@ class CMSClient:
             return None
         receipt = TrackResult(books=None, success=False, event_id=event.event_id, event=event)
         receipt._seq = next(self._sync_seqs)
-        final = self._delivery.send_now(receipt, s.retry_max_elapsed_s)
+        final = self._engine.delivery.send_now(receipt, s.retry_max_elapsed_s)
         if self._keeper is not None:
             final = self._keeper.settle([receipt], [final])[0]
         return self._settler.now(final)
@@ -290,7 +259,7 @@ class CMSClient:
             late = dropped(event, Reason.CLOSED, "the client closed while the event was tracked")
             self._settler.finish(result, late)
             return self._settler.returned(result.final or late)
-        self._dispatcher.ensure_started()
+        self._engine.start()
         if self._replayer is not None:
             self._replayer.ensure_started()  # in a forked child, replay starts here
         return result
@@ -312,7 +281,7 @@ class CMSClient:
                 result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False
             )
             return
-        self._dispatcher.ensure_started()
+        self._engine.start()
 
     def _room(self) -> int:
         return self._settings.max_queue_size - self._queue.unfinished()
@@ -362,15 +331,13 @@ class CMSClient:
         if self._replayer is not None:
             self._replayer.stop.set()  # claim nothing more from the spool
         self.flush(budget)
-        in_flight = self._dispatcher.in_flight()
+        in_flight = self._engine.in_flight()
         result = self._snapshot()
-        self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
         abandoned = self._ledger.outstanding()
-        for pending in abandoned:
-            self._delivery.forget(pending._seq)
+        self._engine.stop(deadline, abandoned)
         self._settler.abandon(abandoned, budget, in_flight)
-        self._transport.close()
-        if self._keeper is not None and self._dispatcher.in_flight() == 0:
+        self._engine.close_connections()
+        if self._keeper is not None and self._engine.in_flight() == 0:
             # With requests still in flight the connection stays open, so a late
             # answer can still remove its event's row (closed at interpreter exit).
             self._keeper.close()
@@ -398,9 +365,7 @@ class CMSClient:
         """A snapshot: counts by outcome and reason, queue depth, in flight, the API's health."""
         snapshot = self._ledger.snapshot()
         snapshot["queue_depth"] = self._queue.depth()
-        snapshot["scheduled"] = self._dispatcher.held()
-        snapshot["in_flight"] = self._dispatcher.in_flight()
-        snapshot.update(self._gate.snapshot())
+        snapshot.update(self._engine.snapshot())
         snapshot["spool_dropped"] = snapshot["reasons"].get("dropped", {}).get("spool_full", 0)
         snapshot["spool_path"] = (
             self._keeper.path if self._keeper and self._keeper.enabled else None
