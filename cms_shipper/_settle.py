@@ -80,7 +80,11 @@ class Settler:
         return final
 
     def abandon(self, abandoned: list[TrackResult], budget_s: float, in_flight: int) -> None:
-        """Settle the events ``close()`` gives up on (spooled or dropped), in one log line."""
+        """Settle the events ``close()`` gives up on (spooled or dropped), in one log line.
+
+        The spool's part waits for a busy spool at most ``SETTLE_WAIT_S`` (0.25 s), even past
+        ``close()``'s deadline: that is the last chance to keep these events.
+        """
         if not abandoned:
             return
         message = f"not delivered within {budget_s:g} s of close"

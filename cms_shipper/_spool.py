@@ -1,10 +1,14 @@
 """The on-disk spool: a SQLite file (WAL) of event payloads, shared safely by processes.
 
 Storage only: no threads, no HTTP, no policy (``_spooling`` decides what goes in and out).
-An event is *claimed* by one process at a time through a lease that expires if its holder
-dies, so a fleet sharing one file sends no event twice and strands none. Claims take, per
-customer, a prefix of its events and skip customers leased by another process, so
-per-customer order holds across processes too.
+An event is *claimed* by one process at a time through a lease. A process's leases end at
+once when it dies (its owner lock file, ``_spool_owners``, is then free), or after
+``lease_s`` where the OS cannot tell (no ``fcntl``, a network filesystem). Claims take, per
+customer, a prefix of its events and skip customers leased by another process.
+
+Every wait for the file's lock is bounded (``busy_s``, per call); a busy file raises
+``SpoolBusy`` and is never treated as corrupt. One event that cannot be stored (encoding,
+SQLite) is reported in ``Added.failed`` and the rest of the batch is stored.
 
 Durability: WAL with ``synchronous=NORMAL`` survives the process being killed (SIGKILL),
 not a power loss of the machine. Rows hold the event's payload, never the token.
@@ -12,6 +16,7 @@ not a power loss of the machine. Rows hold the event's payload, never the token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -20,51 +25,37 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
+from cms_shipper._spool_open import (
+    SpoolBusy,
+    SpoolError,
+    SpoolStatus,
+    is_busy,
+    open_spool,
+    query_status,
+    used_bytes,
+)
+from cms_shipper._spool_owners import Owners, take_over_dead
 
-__all__ = ["Spool", "SpoolError", "SpoolStatus"]
+__all__ = ["Added", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus"]
 
-SCHEMA_VERSION = "1"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    endpoint TEXT NOT NULL,
-    customer_key TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    tracked_at REAL NOT NULL,
-    timestamp TEXT,
-    added_at REAL NOT NULL,
-    lease_owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS events_customer ON events (customer_key, seq);
-CREATE INDEX IF NOT EXISTS events_lease ON events (lease_until);
-"""
 _ROW_OVERHEAD = 120  # bytes a row costs beyond its payload: ids, indexes, times
 _COLUMNS = "event_id, endpoint, customer_key, payload, tracked_at, timestamp"
+# Errors confined to one row: the value cannot be encoded or bound. OperationalError
+# (busy, disk full, I/O) concerns the whole transaction and is raised instead.
+_ROW_ERRORS = (ValueError, TypeError, OverflowError, RecursionError,
+               sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
+               sqlite3.ProgrammingError)  # fmt: skip
 
 
-class SpoolError(Exception):
-    """The spool cannot be used; the client then keeps working in memory."""
+class Added(NamedTuple):
+    """What ``add`` could not store: over ``max_bytes``, or failing on its own."""
 
-
-@dataclass(frozen=True)
-class SpoolStatus:
-    """What the spool holds."""
-
-    path: str
-    total: int
-    by_endpoint: dict[str, int]
-    leased: int
-    oldest_age_s: Optional[float]
-    newest_age_s: Optional[float]
-    size_bytes: int
+    refused: list[str]
+    failed: list[str]
 
 
 def _owner() -> str:
@@ -82,126 +73,94 @@ class Spool:
         lease_s: float = 60.0,
         owner: Optional[str] = None,
         clock: Callable[[], float] = time.time,
+        busy_s: float = 2.0,
     ) -> None:
         self.path = os.fspath(path)
         self._max_bytes = max_bytes
         self._lease_s = lease_s
         self._clock = clock
+        self._busy_s = busy_s
         self.owner = owner or _owner()
         self._lock = threading.Lock()
         self._db: Optional[sqlite3.Connection] = None
-        self._page_size = 0  # read at connect: fixed for the file's life (no VACUUM here)
+        # write-ahead's own connection: track_* never queues behind a background thread's wait
+        self._fast_lock = threading.Lock()
+        self._fast_db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
+        self._owners = Owners(self.path)
         self._open()
 
-    # -- opening --------------------------------------------------------------------
-
     def _open(self) -> None:
+        # Hold our owner lock first: from here on, probes see this process as alive.
+        self._owners.hold(self.owner)
         try:
-            self._db = self._connect()
-        except sqlite3.DatabaseError as exc:
-            aside = self._move_aside(exc)
-            try:
-                self._db = self._connect()
-            except (sqlite3.Error, OSError) as again:
-                raise SpoolError(f"cannot open a fresh spool at {self.path}: {again}") from again
-            logger.error(
-                "cms_shipper: the spool %s was unreadable (%s); moved it to %s and started a"
-                " new one", self.path, exc, aside,
-            )  # fmt: skip
-        except OSError as exc:
-            raise SpoolError(f"cannot create the spool at {self.path}: {exc}") from exc
-
-    def _connect(self) -> sqlite3.Connection:
-        # Create the file 0600 before SQLite does (its -wal/-shm files copy these bits).
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        if os.stat(self.path).st_uid == os.getuid():
-            os.chmod(self.path, 0o600)
-        db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if not check or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"unknown spool schema version {version!r}")
-            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-        except sqlite3.Error:
-            db.close()
+            self._db = open_spool(self.path, self._busy_s, self._owners)
+        except BaseException:
+            self._owners.release()
             raise
-        return db
-
-    def _move_aside(self, exc: Exception) -> str:
-        aside = f"{self.path}.corrupt-{int(time.time())}"
-        try:
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-shm"):
-                if os.path.exists(self.path + suffix):
-                    os.replace(self.path + suffix, aside + suffix)
-        except OSError as move:
-            raise SpoolError(
-                f"the spool {self.path} is unreadable ({exc}) and cannot be moved"
-            ) from move
-        return aside
 
     def reopen(self) -> None:
-        """After ``os.fork()``: a new connection and a new lease owner (never share one)."""
-        self._lock = threading.Lock()
-        self._db = None  # the parent's connection is not touched (closing it would hurt the parent)
+        """After ``os.fork()``: a new connection and a new owner (never share either)."""
+        self._lock, self._fast_lock = threading.Lock(), threading.Lock()
+        # The parent's connections are not touched (closing them would hurt the parent).
+        self._db = self._fast_db = None
+        self._owners.forget_inherited()
         self._pid = os.getpid()
         self.owner = _owner()
         self._open()
 
     # -- statements -----------------------------------------------------------------
 
-    def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``work`` in one IMMEDIATE transaction, mapping every failure to SpoolError."""
+    def _connection(self, fast: bool) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError("the spool is closed")
+        if not fast:
+            return self._db
+        if self._fast_db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._fast_db = db
+        return self._fast_db
+
+    def _run(
+        self, work: Callable[[sqlite3.Connection], Any], busy_s: Optional[float], fast: bool = False
+    ) -> Any:
+        """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks."""
         if self._pid != os.getpid():
             self.reopen()
-        with self._lock:
-            if self._db is None:
-                raise SpoolError("the spool is closed")
-            db = self._db
+        wait = self._busy_s if busy_s is None else max(0.0, busy_s)
+        lock = self._fast_lock if fast else self._lock
+        if not lock.acquire(timeout=wait):
+            raise SpoolBusy(f"spool {self.path}: in use by another thread of this process")
+        try:
             try:
+                db = self._connection(fast)
+                db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     out = work(db)
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
                 return out
             except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: {exc}") from exc
+                kind = SpoolBusy if is_busy(exc) else SpoolError
+                raise kind(f"spool {self.path}: {exc}") from exc
+        finally:
+            lock.release()
 
-    def _size(self, db: sqlite3.Connection) -> int:
-        # Pages in use (free pages left by deletes excluded): O(1), unlike summing rows.
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * self._page_size)
-
-    def add(self, events: Sequence[Event], *, leased: bool) -> list[str]:
-        """Store events (adding one twice is harmless); return the ids refused as over max_bytes.
-
-        The bound counts the database pages in use; within one call, each row counts as its
-        payload's length plus a small overhead until the next call measures again.
-        """
-        if not events:
-            return []
+    def _insert(self, db: sqlite3.Connection, events: Sequence[Event], leased: bool) -> Added:
         now = self._clock()
         owner, until = (self.owner, now + self._lease_s) if leased else (None, 0.0)
-
-        def work(db: sqlite3.Connection) -> list[str]:
-            size, refused = self._size(db), []
-            for event in events:
+        size = used_bytes(db)
+        added = Added([], [])
+        for event in events:
+            try:
                 payload = json.dumps(event.payload, separators=(",", ":"))
                 if self._max_bytes is not None and size + len(payload) > self._max_bytes:
-                    refused.append(event.event_id)
+                    added.refused.append(event.event_id)
                     continue
                 cursor = db.execute(
                     f"INSERT OR IGNORE INTO events ({_COLUMNS}, added_at, lease_owner, lease_until)"  # noqa: S608
@@ -209,19 +168,58 @@ class Spool:
                     (event.event_id, event.endpoint, event.customer_key, payload,
                      event.tracked_at, event.timestamp, now, owner, until),
                 )  # fmt: skip
-                size += len(payload) + _ROW_OVERHEAD if cursor.rowcount else 0
-            return refused
+            except _ROW_ERRORS as exc:
+                added.failed.append(event.event_id)
+                logger.debug("cms_shipper: cannot store event %r: %s", event.event_id, exc)
+                continue
+            size += len(payload) + _ROW_OVERHEAD if cursor.rowcount else 0
+        return added
 
-        result: list[str] = self._run(work)
+    def add(
+        self, events: Sequence[Event], *, leased: bool, busy_s: Optional[float] = None
+    ) -> Added:
+        """Store events (twice is harmless); returns those not stored, and why."""
+        # max_bytes counts the pages in use; within one call, each row counts as its
+        # payload's length plus a small overhead until the next call measures again.
+        return self.apply(add=events, leased=leased, busy_s=busy_s, fast=leased)
+
+    def apply(
+        self,
+        *,
+        remove: Iterable[str] = (),
+        release: Iterable[str] = (),
+        add: Sequence[Event] = (),
+        leased: bool = False,
+        busy_s: Optional[float] = None,
+        fast: bool = False,
+    ) -> Added:
+        """Remove rows, release our leases and add events, in one transaction."""
+        # fast: the write-ahead connection, so a caller's thread never waits for the lock
+        # this process's background threads hold while they wait for the file.
+        gone = [(event_id,) for event_id in remove]
+        freed = [(event_id, self.owner) for event_id in release]
+        if not (gone or freed or add):
+            return Added([], [])
+
+        def work(db: sqlite3.Connection) -> Added:
+            db.executemany("DELETE FROM events WHERE event_id = ?", gone)
+            db.executemany(
+                "UPDATE events SET lease_owner = NULL, lease_until = 0"
+                " WHERE event_id = ? AND lease_owner = ?", freed)  # fmt: skip
+            return self._insert(db, add, leased) if add else Added([], [])
+
+        result: Added = self._run(work, busy_s, fast)
         return result
 
-    def claim(self, limit: int) -> list[Event]:
+    def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
         """Lease up to ``limit`` events to this owner: oldest first, per-customer prefixes."""
         if limit <= 0:
             return []
         now = self._clock()
+        dead: list[str] = []
 
         def work(db: sqlite3.Connection) -> list[Event]:
+            dead[:] = take_over_dead(db, self._owners, self.owner, now + self._lease_s)
             # Customers with an event leased by someone (anyone, us included) are skipped:
             # their older events are in flight, and a newer one must not overtake them.
             rows = db.execute(
@@ -238,10 +236,13 @@ class Spool:
             )
             return [Event.of(row[1], row[2], json.loads(row[4]), row[5], row[6]) for row in rows]
 
-        result: list[Event] = self._run(work)
+        result: list[Event] = self._run(work, busy_s)
+        for owner in dead:
+            logger.info("cms_shipper: took over the spool leases of %s (it died)", owner)
+            self._owners.bury(owner)
         return result
 
-    def renew(self) -> int:
+    def renew(self, busy_s: Optional[float] = None) -> int:
         """Extend this owner's leases to now + lease_s (heartbeat); returns rows renewed."""
         until = self._clock() + self._lease_s
         count: int = self._run(
@@ -250,53 +251,52 @@ class Spool:
                     "UPDATE events SET lease_until = ? WHERE lease_owner = ? AND lease_until > 0",
                     (until, self.owner),
                 ).rowcount
-            )
+            ),
+            busy_s,
         )
         return count
 
     def release(self, event_ids: Iterable[str]) -> None:
         """Give leases back so any process may take these events now."""
-        ids = [(event_id, self.owner) for event_id in event_ids]
-        if ids:
-            self._run(lambda db: db.executemany(
-                "UPDATE events SET lease_owner = NULL, lease_until = 0"
-                " WHERE event_id = ? AND lease_owner = ?", ids))  # fmt: skip
+        self.apply(release=event_ids)
 
     def remove(self, event_ids: Iterable[str]) -> None:
         """Delete events that have a final outcome."""
-        ids = [(event_id,) for event_id in event_ids]
-        if ids:
-            self._run(lambda db: db.executemany("DELETE FROM events WHERE event_id = ?", ids))
+        self.apply(remove=event_ids)
 
     def status(self) -> SpoolStatus:
         """Counts by endpoint, leases, ages and size."""
         now = self._clock()
-
-        def work(db: sqlite3.Connection) -> SpoolStatus:
-            by_endpoint = dict(
-                db.execute("SELECT endpoint, COUNT(*) FROM events GROUP BY endpoint")
-            )
-            leased = db.execute("SELECT COUNT(*) FROM events WHERE lease_until > ?", (now,))
-            ages = db.execute("SELECT MIN(added_at), MAX(added_at) FROM events").fetchone()
-            return SpoolStatus(
-                path=self.path, total=sum(by_endpoint.values()), by_endpoint=by_endpoint,
-                leased=int(leased.fetchone()[0]),
-                oldest_age_s=None if ages[0] is None else now - ages[0],
-                newest_age_s=None if ages[1] is None else now - ages[1],
-                size_bytes=self._size(db),
-            )  # fmt: skip
-
-        result: SpoolStatus = self._run(work)
+        result: SpoolStatus = self._run(lambda db: query_status(db, self.path, now), None)
         return result
 
     def purge(self) -> int:
         """Delete every event; returns how many."""
-        count: int = self._run(lambda db: db.execute("DELETE FROM events").rowcount)
+        count: int = self._run(lambda db: db.execute("DELETE FROM events").rowcount, None)
         return count
 
-    def close(self) -> None:
-        """Close the connection; idempotent."""
-        with self._lock:
-            db, self._db = self._db, None
-        if db is not None and self._pid == os.getpid():
-            db.close()
+    def close(self, wait_s: float = 0.25) -> None:
+        """Close the connection and end our ownership; idempotent, waits at most ``wait_s``."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._fast_lock.acquire(timeout=wait_s):
+                fast, self._fast_db = self._fast_db, None
+                self._fast_lock.release()
+                if fast is not None and self._pid == os.getpid():
+                    fast.close()
+        got = self._lock.acquire(timeout=wait_s)
+        db, self._db = self._db, None
+        if got:
+            self._lock.release()
+        if db is None or self._pid != os.getpid() or not got:
+            return  # another thread is still in a statement: exit closes the rest
+        try:
+            # With rows still leased to us, the lock file stays (unlocked once closed) so
+            # another process can prove us dead and take them over at once.
+            held = db.execute(
+                "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0 LIMIT 1",
+                (self.owner,),
+            ).fetchone()
+        except sqlite3.Error:
+            held = True
+        db.close()
+        self._owners.release(keep_file=bool(held))

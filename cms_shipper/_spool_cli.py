@@ -1,24 +1,39 @@
-"""``cms-shipper spool status|replay|purge --path FILE``."""
+"""``cms-shipper spool status|replay|purge --path FILE``.
+
+``status`` opens the file read-only and changes nothing. ``replay`` returns within
+``--timeout-s`` (plus process start-up), prints counts that add up and, when events are
+left, the cause. No action moves or rewrites a file that is not a spool.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Optional
 
-from cms_shipper._spool import Spool
+from cms_shipper._spool import Spool, SpoolError
+from cms_shipper._spool_open import SpoolStatus, Unreadable, read_status
 from cms_shipper.client import CMSClient
 
 __all__ = ["run_spool"]
 
 
-def _status(spool: Spool) -> int:
-    print(json.dumps(asdict(spool.status()), indent=2))
-    return 0
+class _LastProblem(logging.Handler):
+    """Keeps the last message about an event not delivered: the cause to show the user."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.message: Optional[str] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING or "not delivered" in text:
+            self.message = text
 
 
 def _bar(done: int, total: int, width: int = 30) -> str:
@@ -26,33 +41,53 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
-def _replay(args: argparse.Namespace, token: Optional[str], spool: Spool) -> int:
+def _replay(args: argparse.Namespace, token: Optional[str], before: SpoolStatus) -> int:
     """Replay through a normal client (it claims, sends and removes); show progress."""
-    total = spool.status().total
+    started = time.monotonic()
+    deadline = started + max(0.0, args.timeout_s)
+    # close() gets the last part of the budget, so the command ends by its deadline.
+    stop_at = deadline - min(1.0, max(0.0, args.timeout_s) / 4)
+    total = before.total
+    problem = _LastProblem()
+    log = logging.getLogger("cms_shipper")
+    level = log.level
+    log.addHandler(problem)
+    log.setLevel(min(level or logging.INFO, logging.INFO))  # "spooled again" lines say why
     client = CMSClient(token=token, host=args.host, spool_path=args.path,
                        spool_replay_interval_s=0.2, flush_interval_s=0.05)  # fmt: skip
-    deadline = time.monotonic() + args.timeout_s
     tty = sys.stderr.isatty()
-    while time.monotonic() < deadline:
-        stats = client.stats()
-        settled = stats["replayed"] - stats["pending"]
-        print(("\r" if tty else "") + _bar(min(settled, total), total), end="" if tty else "\n",
-              file=sys.stderr, flush=True)  # fmt: skip
-        if settled >= total or (spool.status().total == 0 and not stats["pending"]):
-            break
-        time.sleep(0.25 if tty else 1.0)
-    client.close(10.0)
+    try:
+        while True:
+            stats = client.stats()
+            final = sum(stats[k] for k in ("delivered", "duplicate", "rejected", "failed"))
+            print(("\r" if tty else "") + _bar(min(final, total), total), end="" if tty else "\n",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if final >= total or time.monotonic() >= stop_at:
+                break
+            time.sleep(min(0.25 if tty else 1.0, max(0.0, stop_at - time.monotonic())))
+        client.close(max(0.0, deadline - time.monotonic()))
+    finally:
+        log.removeHandler(problem)
+        log.setLevel(level)
     stats = client.stats()
-    left = spool.status().total
-    summary = {key: stats[key] for key in ("replayed", "delivered", "duplicate", "rejected",
-                                           "failed", "spooled", "dropped")}  # fmt: skip
-    summary["left_in_spool"] = left
+    left = read_status(args.path).total
+    removed = {key: stats[key] for key in ("delivered", "duplicate", "rejected", "failed",
+                                           "dropped")}  # fmt: skip
+    summary: dict[str, object] = {"in_spool_before": total, **removed, "left_in_spool": left}
+    # in_spool_before + added_by_others = delivered + ... + dropped + left_in_spool
+    summary["added_by_others"] = sum(removed.values()) + left - total
+    summary["attempts"] = stats["replayed"]  # an event sent again after a failure counts twice
+    summary["attempts_spooled_again"] = stats["spooled"]
+    if left:
+        summary["cause"] = stats.get("circuit_cause") or problem.message or "unknown"
     print(("\n" if tty else "") + json.dumps(summary, indent=2))
+    if left:
+        print(f"cms-shipper: {left} event(s) left in the spool: {summary['cause']}",
+              file=sys.stderr)  # fmt: skip
     return 0 if stats["rejected"] == stats["failed"] == 0 and left == 0 else 1
 
 
-def _purge(args: argparse.Namespace, spool: Spool) -> int:
-    total = spool.status().total
+def _purge(args: argparse.Namespace, total: int) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             print(
@@ -63,7 +98,11 @@ def _purge(args: argparse.Namespace, spool: Spool) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing deleted.")
             return 1
-    print(f"Deleted {spool.purge()} event(s).")
+    spool = Spool(args.path, max_bytes=None)
+    try:
+        print(f"Deleted {spool.purge()} event(s).")
+    finally:
+        spool.close()
     return 0
 
 
@@ -72,12 +111,17 @@ def run_spool(args: argparse.Namespace, token: Optional[str]) -> int:
     if not os.path.exists(args.path):
         print(f"cms-shipper: no spool at {args.path}", file=sys.stderr)
         return 2
-    spool = Spool(args.path, max_bytes=None)
     try:
+        status = read_status(args.path)  # read-only: proves it is a spool, changes nothing
         if args.action == "status":
-            return _status(spool)
+            print(json.dumps(asdict(status), indent=2))
+            return 0
         if args.action == "purge":
-            return _purge(args, spool)
-        return _replay(args, token, spool)
-    finally:
-        spool.close()
+            return _purge(args, status.total)
+        return _replay(args, token, status)
+    except Unreadable as exc:
+        print(f"cms-shipper: {args.path} is not a spool ({exc}); left unchanged", file=sys.stderr)
+        return 1
+    except SpoolError as exc:
+        print(f"cms-shipper: {exc}", file=sys.stderr)
+        return 1

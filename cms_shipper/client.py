@@ -367,6 +367,11 @@ class CMSClient:
         snapshot["queue_depth"] = self._queue.depth()
         snapshot.update(self._engine.snapshot())
         snapshot["spool_dropped"] = snapshot["reasons"].get("dropped", {}).get("spool_full", 0)
+        keeper = self._keeper
+        # Spool trouble that cost no event its outcome but is worth watching.
+        snapshot["spool_write_ahead_misses"] = keeper.write_ahead_misses if keeper else 0
+        snapshot["spool_errors"] = keeper.spool_errors if keeper else 0
+        snapshot["spool_settle_misses"] = keeper.settle_misses if keeper else 0
         snapshot["spool_path"] = (
             self._keeper.path if self._keeper and self._keeper.enabled else None
         )

@@ -47,7 +47,10 @@ def test_spool_file_is_private_and_holds_no_token(tmp_path: Path, cms_emulator: 
         client.track_sale(f"sale-{i}", "u1", f"inv-{i}", 100, "USD", click_id="c")
     client.close(2.0)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    for file in tmp_path.iterdir():
+    for file in tmp_path.rglob("*"):  # the spool, its -wal/-shm and owner lock files
+        if file.is_dir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o700
+            continue
         assert secret.encode() not in file.read_bytes()
         assert b"Bearer" not in file.read_bytes()
     assert spool_rows(path) == 5

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import stat
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cms_shipper._events import Event, build_lead, build_sale
-from cms_shipper._spool import Spool
+from cms_shipper._spool import Spool, SpoolBusy, SpoolError
 
 
 class Clock:
@@ -34,7 +37,7 @@ def test_private_file_and_round_trip(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", clock, "a")
     sale = build_sale("s1", 1.5, event_name="buy", customer_external_id="u", invoice_id="i",
                       amount=5, currency="eur", timestamp="2026-01-02T03:04:05Z")  # fmt: skip
-    assert store.add([sale, sale], leased=False) == []  # twice is harmless
+    assert store.add([sale, sale], leased=False) == ([], [])  # twice is harmless
     assert stat.S_IMODE((tmp_path / "s.db").stat().st_mode) == 0o600
     assert store.claim(10) == [sale]
     assert store.status().total == 1 and store.status().by_endpoint == {"sale": 1}
@@ -59,7 +62,7 @@ def test_a_customer_leased_elsewhere_is_skipped_even_for_newer_events(tmp_path: 
     assert [e.event_id for e in b.claim(10)] == ["e1"]
 
 
-def test_leases_expire_unless_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
+def test_leases_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
     a.add([lead(0, "x"), lead(1, "y")], leased=True)  # write-ahead: held by a
@@ -70,9 +73,53 @@ def test_leases_expire_unless_renewed_and_release_frees_at_once(tmp_path: Path) 
     assert b.claim(10) == []
     a.release(["e1"])
     assert [e.event_id for e in b.claim(10)] == ["e1"]
-    b.remove(["e1"])  # b delivered it
-    clock.now += 11  # a died: its lease on e0 expires
+
+
+def test_a_live_owner_keeps_its_events_even_past_its_lease(tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
+    a.add([lead(0, "x")], leased=True)
+    clock.now += 100  # a's heartbeat is late, but its lock file proves it alive
+    assert b.claim(10) == []
+
+
+def die(store: Spool, *, keep_lock_file: bool = True) -> None:
+    """What SIGKILL does to an owner: its connection and its flock go, its rows stay."""
+    assert store._db is not None
+    store._db.close()
+    store._db = None
+    store._owners.release(keep_file=keep_lock_file)
+
+
+def test_a_dead_owners_leases_are_taken_over_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
+    a.add([lead(0, "x"), lead(1, "y")], leased=True)
+    die(a)
+    assert [e.event_id for e in b.claim(10)] == ["e0", "e1"]  # no clock change: no lease wait
+    assert not (tmp_path / "s.db.owners" / "a.lock").exists()  # buried once taken over
+
+
+def test_without_a_lock_file_the_lease_is_the_fallback(tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
+    a.add([lead(0, "x")], leased=True)
+    die(a, keep_lock_file=False)  # as on a filesystem without locks: liveness unknown
+    assert b.claim(10) == []
+    clock.now += 11
     assert [e.event_id for e in b.claim(10)] == ["e0"]
+
+
+def test_close_removes_the_lock_file_unless_rows_are_still_leased(tmp_path: Path) -> None:
+    clock = Clock()
+    owners = tmp_path / "s.db.owners"
+    a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
+    a.add([lead(0, "x")], leased=True)
+    a.close()
+    b.close()
+    assert sorted(p.name for p in owners.iterdir()) == ["a.lock"]
+    c = spool(tmp_path / "s.db", clock, "c")
+    assert [e.event_id for e in c.claim(10)] == ["e0"]  # a is gone: at once
 
 
 def test_max_bytes_refuses_and_frees_on_remove(tmp_path: Path) -> None:
@@ -89,12 +136,12 @@ def test_max_bytes_refuses_and_frees_on_remove(tmp_path: Path) -> None:
         )
         for i in range(60)
     ]
-    refused = store.add(events, leased=False)
+    refused = store.add(events, leased=False).refused
     kept = 60 - len(refused)
     assert 0 < kept < 60 and refused == [e.event_id for e in events[kept:]]
     # Space comes back page by page: removing half of the rows makes room again.
     store.remove(e.event_id for e in events[: kept // 2])
-    assert store.add([events[kept]], leased=False) == []
+    assert store.add([events[kept]], leased=False) == ([], [])
     assert store.purge() == kept - kept // 2 + 1
 
 
@@ -103,9 +150,80 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptur
     path.write_bytes(b"\x00garbage" * 512)
     with caplog.at_level(logging.ERROR, logger="cms_shipper"):
         store = spool(path, Clock(), "a")
-    assert store.add([lead(0, "x")], leased=False) == []
+    assert store.add([lead(0, "x")], leased=False) == ([], [])
     aside = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert aside and any(aside[0] in r.getMessage() for r in caplog.records)
+
+
+def test_another_programs_database_is_moved_aside_not_modified(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    db.close()
+    spool(path, Clock(), "a").close()
+    (aside,) = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name and p.suffix != ".db-wal"]
+    with sqlite3.connect(aside) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["users"]
+    db.close()
+
+
+def test_an_unreadable_file_in_use_by_a_live_owner_is_not_moved(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    live = spool(path, Clock(), "a")
+    assert live._db is not None
+    live._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file alone holds every page
+    path.write_bytes(b"\x00garbage" * 512)  # damaged under a live owner
+    with pytest.raises(SpoolError, match="another live process"):
+        spool(path, Clock(), "b")
+    assert path.read_bytes().startswith(b"\x00garbage")
+    live.close()
+
+
+def test_busy_is_not_corrupt_and_every_wait_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = spool(path, Clock(), "a")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a sibling holding the write lock
+    try:
+        started = time.monotonic()
+        with pytest.raises(SpoolBusy):
+            store.add([lead(0, "x")], leased=True, busy_s=0.005)
+        assert time.monotonic() - started < 0.5
+        other = spool(path, Clock(), "b")  # opening an existing spool only reads: no wait
+        other.close()
+        with pytest.raises(SpoolBusy):
+            store.claim(10, busy_s=0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not [p for p in tmp_path.iterdir() if ".corrupt" in p.name]
+    assert store.add([lead(0, "x")], leased=True) == ([], [])
+
+
+def test_a_new_file_busy_at_creation_is_reported_busy_and_not_moved(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a rollback-journal database, locked while creating it
+    try:
+        with pytest.raises(SpoolBusy):
+            Spool(path, owner="a", busy_s=0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt" in p.name] == []
+
+
+def test_one_bad_event_never_costs_the_others(tmp_path: Path) -> None:
+    store = spool(tmp_path / "s.db", Clock(), "a")
+    good = [lead(i, f"c{i}") for i in range(200)]
+    surrogate = Event.of("bad-1", "lead", {"eventName": "x", "customerExternalId": "\ud800"},
+                         1.0, None)  # fmt: skip
+    huge = Event.of("bad-2", "sale", {"eventName": "x", "customerExternalId": "u",
+                                      "invoiceId": "i", "amount": 10**5000, "currency": "usd"},
+                    1.0, None)  # fmt: skip
+    added = store.add([*good[:100], surrogate, huge, *good[100:]], leased=False)
+    assert added.refused == [] and "bad-1" in added.failed
+    assert store.status().total == 200 + (sys.version_info < (3, 11))  # 3.9/3.10: no digit limit
 
 
 def test_no_token_is_stored(tmp_path: Path) -> None:
