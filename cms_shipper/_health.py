@@ -297,13 +297,6 @@ class HealthGate:
             ongoing = self._clock() - self._paused_since if self._mode != "closed" else 0.0
             return self._paused_total + ongoing
 
-    def blocked_for(self) -> float:
-        """Seconds until the gate lets a request (or a probe) out; 0.0 when open."""
-        with self._lock:
-            if self._mode == "closed":
-                return 0.0
-            return max(0.0, self._resume_at - self._clock())
-
     def snapshot(self) -> dict[str, object]:
         """The state for ``stats()``: circuit, since when, rate-limit pause, uncharged."""
         with self._lock:
