@@ -121,14 +121,14 @@ class Dispatcher(Generic[T]):
             try:
                 step = self._attempt(item, ticket)
             except Exception:  # the host must never lose a sender to a bug of ours
-                logger.exception("cms_shipper: unexpected error while delivering an event")
+                logger.exception("unexpected error while delivering an event")
                 step = Step(Action.DONE)
             self._apply(customer, step, ticket.probe)
             if step.action is Action.DONE:
                 try:
                     self._finish(item, step.result)
                 except Exception:
-                    logger.exception("cms_shipper: unexpected error while settling an event")
+                    logger.exception("unexpected error while settling an event")
 
     def _apply(self, customer: Hashable, step: Step, probe: bool) -> None:
         with self._cv:

@@ -184,7 +184,7 @@ class HealthGate:
             self._pause(now, "rate_limited", max(0.0, wait_s), probe_only, "HTTP 429")
             if entering:
                 logger.warning(
-                    "cms_shipper: rate limited (HTTP 429, %s): sending paused for %.1f s",
+                    "rate limited (HTTP 429, %s): sending paused for %.1f s",
                     how, wait_s,
                 )  # fmt: skip
 
@@ -253,7 +253,7 @@ class HealthGate:
             wait_s = max(wait_s, capped(retry_after_s, self._max_retry_after_s))
         if not reopening and self._mode != "open":
             logger.warning(
-                "cms_shipper: circuit opened (%s; %d failed request(s) in a row): "
+                "circuit opened (%s; %d failed request(s) in a row): "
                 "sending paused, probing with one request at a time",
                 cause, self._streak,
             )  # fmt: skip
@@ -274,7 +274,7 @@ class HealthGate:
     def _close(self, now: float, why: str) -> None:
         paused = now - self._paused_since
         logger.info(
-            "cms_shipper: %s after %.1f s (%s): sending resumed",
+            "%s after %.1f s (%s): sending resumed",
             "circuit closed" if self._mode == "open" else "rate limit over", paused, why,
         )  # fmt: skip
         self._paused_total += paused

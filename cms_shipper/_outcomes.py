@@ -176,7 +176,7 @@ class Reporter:
         except Exception:
             self._log.log(
                 logging.ERROR, f"callback:{final.outcome}",
-                "cms_shipper: the %s callback raised; the shipper carries on", final.outcome,
+                "the %s callback raised; the shipper carries on", final.outcome,
                 exc_info=True,
             )  # fmt: skip
 
@@ -192,7 +192,7 @@ class Reporter:
         event = final.event
         self._log.log(
             level, f"{outcome}:{reason}:{final.status_code}",
-            "cms_shipper: %s event %s %s (%s%s)%s",
+            "%s event %s %s (%s%s)%s",
             event.endpoint if event else "invalid", final.event_id or "-", outcome, reason,
             f", HTTP {final.status_code}" if final.status_code else "",
             f": {final.error}" if final.error else "",

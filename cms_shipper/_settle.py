@@ -74,7 +74,7 @@ class Settler:
             self._reporter.report(final)
         else:
             logger.debug(
-                "cms_shipper: event %s ended %s after it was settled at shutdown",
+                "event %s ended %s after it was settled at shutdown",
                 final.event_id, final.outcome,
             )  # fmt: skip
         return final
@@ -97,7 +97,7 @@ class Settler:
                 self._reporter.report(final)
         spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED)
         logger.warning(
-            "cms_shipper: %d event(s) not delivered within the %g s shutdown budget: "
+            "%d event(s) not delivered within the %g s shutdown budget: "
             "%d saved to the spool, %d dropped (%d were in flight and may have reached the server)",
             len(abandoned), budget_s, spooled, len(abandoned) - spooled, in_flight,
         )  # fmt: skip

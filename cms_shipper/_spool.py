@@ -170,7 +170,7 @@ class Spool:
                 )  # fmt: skip
             except _ROW_ERRORS as exc:
                 added.failed.append(event.event_id)
-                logger.debug("cms_shipper: cannot store event %r: %s", event.event_id, exc)
+                logger.debug("cannot store event %r: %s", event.event_id, exc)
                 continue
             size += len(payload) + _ROW_OVERHEAD if cursor.rowcount else 0
         return added
@@ -238,7 +238,7 @@ class Spool:
 
         result: list[Event] = self._run(work, busy_s)
         for owner in dead:
-            logger.info("cms_shipper: took over the spool leases of %s (it died)", owner)
+            logger.info("took over the spool leases of %s (it died)", owner)
             self._owners.bury(owner)
         return result
 

@@ -153,7 +153,7 @@ def open_spool(path: str, busy_s: float, owners: Owners) -> sqlite3.Connection:
         aside = _move_aside(path, exc)
         db = _connect(path, busy_s)
         logger.error(
-            "cms_shipper: the spool %s was unreadable (%s); moved it to %s and started a new one",
+            "the spool %s was unreadable (%s); moved it to %s and started a new one",
             path, exc, aside,
         )  # fmt: skip
         return db

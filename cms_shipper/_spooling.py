@@ -86,13 +86,13 @@ class SpoolKeeper:
             self._waiting = True
             self._log.log(
                 logging.WARNING, "spool:busy-open",
-                "cms_shipper: the spool %s is busy (%s); events stay in memory, trying again later",
+                "the spool %s is busy (%s); events stay in memory, trying again later",
                 self.path, exc,
             )  # fmt: skip
         except SpoolError as exc:
             self._waiting = False
             logger.error(
-                "cms_shipper: cannot use the spool at %s (%s); going on in memory only",
+                "cannot use the spool at %s (%s); going on in memory only",
                 self.path, exc,
             )  # fmt: skip
 
@@ -108,7 +108,7 @@ class SpoolKeeper:
     def _trouble(self, exc: SpoolError, doing: str) -> None:
         self._log.log(
             logging.ERROR, f"spool:{doing}",
-            "cms_shipper: spool error while %s at %s: %s", doing, self.path, exc,
+            "spool error while %s at %s: %s", doing, self.path, exc,
         )  # fmt: skip
 
     def _row_errors(self, added: Added) -> None:
@@ -116,7 +116,7 @@ class SpoolKeeper:
             self._count("spool_errors", len(added.failed))
             self._log.log(
                 logging.ERROR, "spool:row-error",
-                "cms_shipper: %d event(s) could not be stored in the spool (e.g. %s); kept out",
+                "%d event(s) could not be stored in the spool (e.g. %s); kept out",
                 len(added.failed), added.failed[0],
             )  # fmt: skip
 
@@ -140,7 +140,7 @@ class SpoolKeeper:
         if added.refused:
             self._log.log(
                 logging.WARNING, "spool:full-write-ahead",
-                "cms_shipper: the spool is full; event %s is held in memory only",
+                "the spool is full; event %s is held in memory only",
                 result.event_id,
             )  # fmt: skip
         if added.refused or added.failed:

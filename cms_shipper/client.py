@@ -265,7 +265,7 @@ class CMSClient:
         return result
 
     def _internal_error(self, result: Optional[TrackResult]) -> TrackResult:
-        logger.exception("cms_shipper: internal error in track_*; event dropped and counted")
+        logger.exception("internal error in track_*; event dropped and counted")
         return self._settler.internal_error(result)
 
     def _submit_replayed(self, event: Event) -> None:
@@ -344,7 +344,7 @@ class CMSClient:
         left = self._settler.reporter.drain(max(0.0, deadline - time.monotonic()))
         if left:
             logger.warning(
-                "cms_shipper: %d callback(s) had not run by the end of the %g s close budget; "
+                "%d callback(s) had not run by the end of the %g s close budget; "
                 "they run later on the callback thread if the process lives on",
                 left, budget,
             )  # fmt: skip
