@@ -13,10 +13,11 @@ from typing import Any, Callable, Hashable, Optional
 
 from cms_shipper._config import Settings
 from cms_shipper._delivery import Delivery
-from cms_shipper._dispatcher import Dispatcher
-from cms_shipper._health import HealthGate
+from cms_shipper._dispatcher import Action, Dispatcher, Step
+from cms_shipper._health import HealthGate, Ticket
 from cms_shipper._queue import EventQueue
 from cms_shipper._retry import RetryPolicy
+from cms_shipper._spooling import SpoolKeeper
 from cms_shipper._transport import Transport
 from cms_shipper.results import Result, TrackResult
 
@@ -33,8 +34,10 @@ class Engine:
         *,
         key: Callable[[TrackResult], Hashable],
         settle: Callable[[TrackResult, Optional[Result]], None],
+        keeper: Optional[SpoolKeeper] = None,
     ) -> None:
         s = settings
+        self._keeper = keeper
         self.stop_event = threading.Event()
         self.gate = HealthGate(
             max_requests_per_minute=s.max_requests_per_minute,
@@ -51,10 +54,22 @@ class Engine:
         )  # fmt: skip
         self.delivery = Delivery(self.transport, self.gate, policy, self.stop_event)
         self.dispatcher: Dispatcher[TrackResult] = Dispatcher(
-            queue, self.gate, key=key, attempt=self.delivery.attempt, finish=settle,
+            queue, self.gate, key=key, finish=settle,
+            attempt=self._attempt if keeper is not None else self.delivery.attempt,
             senders=s.max_concurrent_requests, batch_size=s.batch_size,
             flush_interval_s=s.flush_interval_s, stop=self.stop_event,
         )  # fmt: skip
+
+    def _attempt(self, result: TrackResult, ticket: Ticket) -> Step:
+        """With a spool: an event whose customer has older events there is saved behind them."""
+        keeper = self._keeper
+        held = None if keeper is None or self.stop_event.is_set() else keeper.hold_back(result)
+        if held is None:
+            return self.delivery.attempt(result, ticket)
+        self.gate.release(ticket)
+        if isinstance(held, float):  # the spool is busy: this customer waits a moment
+            return Step(Action.PARK, delay_s=held)
+        return Step(Action.DONE, result=held)
 
     def start(self) -> None:
         """Start the senders once; cheap to call on every event."""

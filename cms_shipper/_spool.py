@@ -4,7 +4,12 @@ Storage only: no threads, no HTTP, no policy (``_spooling`` decides what goes in
 An event is *claimed* by one process at a time through a lease. A process's leases end at
 once when it dies (its owner lock file, ``_spool_owners``, is then free), or after
 ``lease_s`` where the OS cannot tell (no ``fcntl``, a network filesystem). Claims take, per
-customer, a prefix of its events and skip customers leased by another process.
+customer, a prefix of its events in tracking order and skip customers leased by another
+process.
+
+``lines`` (``_spool_order.Lines``) says which customers this process must hold back
+for order; it is kept in step with every transaction on the main connection and recounted
+by ``refresh``, so rows another process adds are seen at the next ``refresh``.
 
 Every wait for the file's lock is bounded (``busy_s``, per call); a busy file raises
 ``SpoolBusy`` and is never treated as corrupt. One event that cannot be stored (encoding,
@@ -17,6 +22,7 @@ not a power loss of the machine. Rows hold the event's payload, never the token.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -24,6 +30,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -38,6 +45,7 @@ from cms_shipper._spool_open import (
     query_status,
     used_bytes,
 )
+from cms_shipper._spool_order import Lines
 from cms_shipper._spool_owners import Owners, take_over_dead
 
 __all__ = ["Added", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus"]
@@ -88,6 +96,7 @@ class Spool:
         self._fast_db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
         self._owners = Owners(self.path)
+        self.lines = Lines()  # which customers wait for their spooled events
         self._open()
 
     def _open(self) -> None:
@@ -104,6 +113,7 @@ class Spool:
         self._lock, self._fast_lock = threading.Lock(), threading.Lock()
         # The parent's connections are not touched (closing them would hurt the parent).
         self._db = self._fast_db = None
+        self.lines = Lines()  # the parent's claims are the parent's
         self._owners.forget_inherited()
         self._pid = os.getpid()
         self.owner = _owner()
@@ -123,9 +133,17 @@ class Spool:
         return self._fast_db
 
     def _run(
-        self, work: Callable[[sqlite3.Connection], Any], busy_s: Optional[float], fast: bool = False
+        self,
+        work: Callable[[sqlite3.Connection], Any],
+        busy_s: Optional[float],
+        fast: bool = False,
+        committed: Optional[Callable[[], None]] = None,
     ) -> Any:
-        """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks."""
+        """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks.
+
+        ``committed`` runs after the commit, still under the lock: it updates ``lines``,
+        so a concurrent ``refresh`` never counts a change twice or misses it.
+        """
         if self._pid != os.getpid():
             self.reopen()
         wait = self._busy_s if busy_s is None else max(0.0, busy_s)
@@ -144,6 +162,8 @@ class Spool:
                         db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
+                if committed is not None:
+                    committed()
                 return out
             except sqlite3.Error as exc:
                 kind = SpoolBusy if is_busy(exc) else SpoolError
@@ -151,7 +171,9 @@ class Spool:
         finally:
             lock.release()
 
-    def _insert(self, db: sqlite3.Connection, events: Sequence[Event], leased: bool) -> Added:
+    def _insert(
+        self, db: sqlite3.Connection, events: Sequence[Event], leased: bool, delta: Counter[str]
+    ) -> Added:
         now = self._clock()
         owner, until = (self.owner, now + self._lease_s) if leased else (None, 0.0)
         size = used_bytes(db)
@@ -172,7 +194,10 @@ class Spool:
                 added.failed.append(event.event_id)
                 logger.debug("cannot store event %r: %s", event.event_id, exc)
                 continue
-            size += len(payload) + _ROW_OVERHEAD if cursor.rowcount else 0
+            if cursor.rowcount:
+                size += len(payload) + _ROW_OVERHEAD
+                if not leased:
+                    delta[event.customer_key] += 1
         return added
 
     def add(
@@ -195,52 +220,95 @@ class Spool:
     ) -> Added:
         """Remove rows, release our leases and add events, in one transaction."""
         # fast: the write-ahead connection, so a caller's thread never waits for the lock
-        # this process's background threads hold while they wait for the file.
-        gone = [(event_id,) for event_id in remove]
-        freed = [(event_id, self.owner) for event_id in release]
+        # this process's background threads hold while they wait for the file. It only
+        # adds leased rows, which ``lines`` does not count.
+        gone, freed = list(remove), list(release)
         if not (gone or freed or add):
             return Added([], [])
+        delta: Counter[str] = Counter()
 
         def work(db: sqlite3.Connection) -> Added:
-            db.executemany("DELETE FROM events WHERE event_id = ?", gone)
-            db.executemany(
-                "UPDATE events SET lease_owner = NULL, lease_until = 0"
-                " WHERE event_id = ? AND lease_owner = ?", freed)  # fmt: skip
-            return self._insert(db, add, leased) if add else Added([], [])
+            delta.clear()
+            me, now = self.owner, self._clock()
+            for event_id in gone:
+                if db.execute("DELETE FROM events WHERE event_id = ? AND lease_owner = ?",
+                              (event_id, me)).rowcount:  # fmt: skip
+                    continue  # ours: never counted as waiting
+                row = db.execute("SELECT customer_key, lease_owner, lease_until FROM events"
+                                 " WHERE event_id = ?", (event_id,)).fetchone()  # fmt: skip
+                if row is not None:
+                    db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+                    if row[1] is None or row[2] <= now:
+                        delta[row[0]] -= 1
+            for event_id in freed:
+                if db.execute(
+                    "UPDATE events SET lease_owner = NULL, lease_until = 0"
+                    " WHERE event_id = ? AND lease_owner = ?",
+                    (event_id, me),
+                ).rowcount:
+                    row = db.execute("SELECT customer_key FROM events WHERE event_id = ?",
+                                     (event_id,)).fetchone()  # fmt: skip
+                    delta[row[0]] += 1
+            return self._insert(db, add, leased, delta) if add else Added([], [])
 
-        result: Added = self._run(work, busy_s, fast)
+        result: Added = self._run(
+            work, busy_s, fast, lambda: self.lines.changed(delta, itertools.chain(gone, freed))
+        )
         return result
 
     def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
-        """Lease up to ``limit`` events to this owner: oldest first, per-customer prefixes."""
+        """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order."""
         if limit <= 0:
             return []
         now = self._clock()
         dead: list[str] = []
+        events: list[Event] = []
 
-        def work(db: sqlite3.Connection) -> list[Event]:
+        def work(db: sqlite3.Connection) -> None:
             dead[:] = take_over_dead(db, self._owners, self.owner, now + self._lease_s)
             # Customers with an event leased by someone (anyone, us included) are skipped:
             # their older events are in flight, and a newer one must not overtake them.
+            # Tracking order, not insertion order: an event spilled late (kept in memory
+            # first) still goes before a newer one written ahead earlier.
             rows = db.execute(
                 f"SELECT seq, {_COLUMNS} FROM events AS e"  # noqa: S608
                 " WHERE e.lease_until <= :now AND NOT EXISTS ("
                 "   SELECT 1 FROM events AS b WHERE b.customer_key = e.customer_key"
                 "   AND b.lease_until > :now)"
-                " ORDER BY seq LIMIT :limit",
+                " ORDER BY tracked_at, seq LIMIT :limit",
                 {"now": now, "limit": limit},
             ).fetchall()
             db.executemany(
                 "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
                 [(self.owner, now + self._lease_s, row[0]) for row in rows],
             )
-            return [Event.of(row[1], row[2], json.loads(row[4]), row[5], row[6]) for row in rows]
+            events[:] = [Event.of(r[1], r[2], json.loads(r[4]), r[5], r[6]) for r in rows]
 
-        result: list[Event] = self._run(work, busy_s)
+        self._run(work, busy_s, committed=lambda: self.lines.claimed(events))
+        self._bury(dead)
+        return events
+
+    def refresh(self, busy_s: Optional[float] = None) -> None:
+        """Free dead owners' leases and recount the customers waiting from the file."""
+        now = self._clock()
+        dead: list[str] = []
+        counts: dict[str, int] = {}
+
+        def work(db: sqlite3.Connection) -> None:
+            dead[:] = take_over_dead(db, self._owners, self.owner, now + self._lease_s)
+            counts.clear()
+            counts.update(db.execute(
+                "SELECT customer_key, COUNT(*) FROM events WHERE lease_owner IS NULL"
+                " OR (lease_owner != ? AND lease_until <= ?) GROUP BY customer_key",
+                (self.owner, now)))  # fmt: skip
+
+        self._run(work, busy_s, committed=lambda: self.lines.recount(counts))
+        self._bury(dead)
+
+    def _bury(self, dead: list[str]) -> None:
         for owner in dead:
             logger.info("took over the spool leases of %s (it died)", owner)
             self._owners.bury(owner)
-        return result
 
     def renew(self, busy_s: Optional[float] = None) -> int:
         """Extend this owner's leases to now + lease_s (heartbeat); returns rows renewed."""

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_customer ON events (customer_key, seq);
 CREATE INDEX IF NOT EXISTS events_lease ON events (lease_until);
+CREATE INDEX IF NOT EXISTS events_order ON events (tracked_at, seq);
 INSERT OR IGNORE INTO meta VALUES ('schema', '1');
 """
 _OURS = {"meta", "events", "sqlite_sequence"}
@@ -93,6 +94,13 @@ def _check(db: sqlite3.Connection, writable: bool) -> None:
     row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     if row is None or row[0] != SCHEMA_VERSION:
         raise Unreadable(f"unknown spool schema version {row and row[0]!r}")
+    if (
+        writable
+        and not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_order'"
+        ).fetchone()
+    ):  # a file from before claims went in tracking order
+        db.execute("CREATE INDEX IF NOT EXISTS events_order ON events (tracked_at, seq)")
     check = db.execute("PRAGMA quick_check").fetchone()
     if not check or check[0] != "ok":
         raise Unreadable(f"quick_check: {check}")

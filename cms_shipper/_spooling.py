@@ -3,7 +3,10 @@
 The spool (``_spool.Spool``) only stores; this module decides. An event that would be lost
 (queue full, retries exhausted on a retryable failure, still pending at shutdown) is
 spooled instead, and one with a final answer (delivered, duplicate, rejected) has its row
-removed. Spool trouble is logged and counted and never reaches the host: the client goes
+removed. Per-customer order holds through the spool: while an older event of a customer
+waits in the spool (or is being replayed), a newer one is not sent but saved behind it
+(``hold_back``), and claims replay each customer's events in tracking order.
+Spool trouble is logged and counted and never reaches the host: the client goes
 on in memory. Every wait for the file is bounded (``WRITE_AHEAD_WAIT_S``, ``SETTLE_WAIT_S``),
 so neither ``track_*`` nor ``close()`` waits on another process's disk lock.
 """
@@ -14,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from cms_shipper._config import Settings
 from cms_shipper._events import Event, event_of
@@ -22,11 +25,18 @@ from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._spool import Added, Spool, SpoolBusy, SpoolError
 from cms_shipper.results import Outcome, Reason, Result, TrackResult
 
-__all__ = ["Replayer", "SpoolKeeper"]
+__all__ = ["SpoolKeeper"]
 
 WRITE_AHEAD_WAIT_S = 0.005  # track_* waits at most this for the spool, then keeps it in memory
 SETTLE_WAIT_S = 0.25  # settling (and the shutdown spill) waits at most this
 OPEN_WAIT_S = 1.0  # opening waits at most this for a busy file, then retries on heartbeat
+HOLD_WAIT_S = 0.05  # a sender saving an event behind its customer's waits at most this...
+HOLD_RETRY_S = 0.25  # ...then that customer's line waits this long before trying again
+
+# TrackResult._in_spool: which row, if any, the event has in the spool.
+WRITTEN_AHEAD = 1  # written by track_* and leased to this process (a live event)
+REPLAYED = 2  # claimed from the spool by this process's replay
+SPILLED = 3  # saved unleased by this process (spilled, or left at shutdown)
 
 # Outcomes that mean "not delivered, but nothing the server said makes it hopeless".
 _SPILLABLE = {
@@ -42,6 +52,16 @@ def _spooled(final: Result) -> Result:
         success=False, status_code=final.status_code, message="spooled",
         error=f"not delivered yet ({why}); saved to the spool for a later replay",
         event_id=final.event_id, outcome=Outcome.SPOOLED, reason=final.reason, event=final.event,
+    )  # fmt: skip
+
+
+def _held_back(result: TrackResult) -> Result:
+    return Result(
+        success=False, message="spooled",
+        error="an older event of this customer is waiting in the spool; saved behind it,"
+        " to be sent in the customer's order",
+        event_id=result.event_id, outcome=Outcome.SPOOLED, reason=Reason.BEHIND_SPOOLED,
+        event=result.event,
     )  # fmt: skip
 
 
@@ -74,6 +94,7 @@ class SpoolKeeper:
         self.settle_misses = 0
         self._later_remove: list[str] = []  # settled rows the spool was too busy to take
         self._later_release: list[str] = []
+        self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
         self._open()
 
     def _open(self) -> None:
@@ -95,6 +116,21 @@ class SpoolKeeper:
                 "cannot use the spool at %s (%s); going on in memory only",
                 self.path, exc,
             )  # fmt: skip
+        else:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        # Before the first track_*: which customers' older events wait in the file (a
+        # crashed or closed process's) and must go before their new ones. If the file is
+        # busy now, the next heartbeat counts them.
+        if self._spool is None:
+            return
+        try:
+            self._spool.refresh()
+        except SpoolBusy:
+            pass
+        except SpoolError as exc:
+            self._trouble(exc, "reading which customers wait in the spool")
 
     @property
     def enabled(self) -> bool:
@@ -146,7 +182,7 @@ class SpoolKeeper:
         if added.refused or added.failed:
             self._count("write_ahead_misses")
         else:
-            result._in_spool = True
+            result._in_spool = WRITTEN_AHEAD
 
     def settle(
         self,
@@ -166,6 +202,8 @@ class SpoolKeeper:
         release: list[int] = []
         add: list[int] = []
         for i, (result, final) in enumerate(zip(results, finals)):
+            if final.outcome is Outcome.SPOOLED:  # held back: its row is already in place
+                continue
             spill = (final.outcome, final.reason) in _SPILLABLE
             if result._in_spool:
                 (release if spill else remove).append(i)
@@ -192,14 +230,62 @@ class SpoolKeeper:
         self._row_errors(added)
         for i in release:
             out[i] = _spooled(out[i])
+        self._next_in_line(spool, [results[i] for i in remove])
         refused, failed = set(added.refused), set(added.failed)
         for i in add:
             if out[i].event_id in refused:
                 out[i] = _spool_full(out[i])
             elif out[i].event_id not in failed:  # a failed row keeps its own outcome
-                results[i]._in_spool = True
+                results[i]._in_spool = SPILLED
                 out[i] = _spooled(out[i])
         return out
+
+    def _next_in_line(self, spool: Spool, removed: list[TrackResult]) -> None:
+        # A replayed event has its answer: its customer's next spooled event may go now,
+        # rather than at the next replay interval.
+        for result in removed:
+            event = result.event
+            if (
+                result._in_spool == REPLAYED
+                and event
+                and spool.lines.holds_back(event.customer_key)
+            ):
+                self.poke()
+                return
+
+    def hold_back(self, result: TrackResult) -> Union[Result, float, None]:
+        """Save a live event behind its customer's older events waiting in the spool.
+
+        Returns its outcome (spooled) once saved; seconds to wait before asking again while
+        the spool is busy; or None: send it now (nothing older waits, or the spool cannot
+        take it, and sending beats losing it).
+        """
+        spool, event = self._spool, result.event
+        if spool is None or event is None or result._in_spool == REPLAYED:
+            return None
+        if not spool.lines.holds_back(event.customer_key):
+            return None
+        try:
+            if result._in_spool == WRITTEN_AHEAD:  # its row goes back in line, tracking order
+                added = spool.apply(release=[event.event_id], busy_s=HOLD_WAIT_S)
+            else:
+                added = spool.apply(add=[event], busy_s=HOLD_WAIT_S)
+        except SpoolBusy:
+            return HOLD_RETRY_S
+        except SpoolError as exc:
+            self._trouble(exc, "saving an event behind its customer's")
+            return None
+        self._row_errors(added)
+        if added.refused or added.failed:
+            self._log.log(
+                logging.WARNING, "spool:hold-back",
+                "the spool cannot take event %s (%s); sending it now, before its customer's"
+                " older events in the spool", result.event_id,
+                "full" if added.refused else "cannot be stored",
+            )  # fmt: skip
+            return None
+        result._in_spool = SPILLED
+        return _held_back(result)
 
     def heartbeat(self) -> None:
         """Open a spool that was busy, settle rows left behind, extend this process's leases."""
@@ -215,6 +301,7 @@ class SpoolKeeper:
             if remove or release:
                 spool.apply(remove=remove, release=release)
             spool.renew()
+            spool.refresh()  # what other processes spilled, and dead processes' rows
         except SpoolError as exc:
             with self._count_lock:
                 self._later_remove += remove
@@ -240,6 +327,7 @@ class SpoolKeeper:
         if self._spool is not None:
             try:
                 self._spool.reopen()
+                self._refresh()
             except SpoolBusy:
                 self._spool, self._waiting = None, True
             except SpoolError as exc:
@@ -252,43 +340,3 @@ class SpoolKeeper:
         self._waiting = False
         if spool is not None:
             spool.close()
-
-
-class Replayer:
-    """A daemon thread that feeds spooled events back into the pipeline, periodically."""
-
-    def __init__(
-        self,
-        keeper: SpoolKeeper,
-        submit: Callable[[Event], None],
-        room: Callable[[], int],
-        interval_s: float,
-    ) -> None:
-        self._keeper = keeper
-        self._submit = submit
-        self._room = room
-        self._interval_s = interval_s
-        self.stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cms-shipper-replay", daemon=True)
-        self._start_lock = threading.Lock()
-        self._started = False
-
-    def ensure_started(self) -> None:
-        """Start once (the first pass runs at once); cheap to call on every event."""
-        if self._started:  # no lock on the track path once running
-            return
-        with self._start_lock:
-            if not self._started and not self.stop.is_set():
-                self._thread.start()
-                self._started = True
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self._keeper.heartbeat()
-            # Leave half the queue to live traffic, but take one at least when there is
-            # room: with max_queue_size=1, half would be none and the spool would never drain.
-            room = self._room()
-            for event in self._keeper.claim(max(1, room // 2) if room > 0 else 0):
-                self._submit(event)
-            if self.stop.wait(self._interval_s):
-                return

@@ -23,8 +23,9 @@ from cms_shipper._ledger import Ledger
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._outcomes import Reporter, dropped, invalid
 from cms_shipper._queue import EventQueue
+from cms_shipper._replay import Replayer
 from cms_shipper._settle import Settler
-from cms_shipper._spooling import Replayer, SpoolKeeper
+from cms_shipper._spooling import REPLAYED, SpoolKeeper
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Reason, Result, TrackResult
 
@@ -102,7 +103,9 @@ class CMSClient:
         self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
         self._log = RateLimitedLog()
         self._settler = Settler(self._ledger, self._queue, Reporter(s, self._log), self._keeper)
-        self._engine = Engine(s, self._queue, key=_customer_key, settle=self._settler.sent)
+        self._engine = Engine(
+            s, self._queue, key=_customer_key, settle=self._settler.sent, keeper=self._keeper
+        )
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
         self._ids = itertools.count(1)
         # Random per client and process: ids stay unique across processes without paying
@@ -236,6 +239,10 @@ class CMSClient:
             return None
         receipt = TrackResult(books=None, success=False, event_id=event.event_id, event=event)
         receipt._seq = next(self._sync_seqs)
+        if self._keeper is not None:
+            held = self._keeper.hold_back(receipt)  # older events of its customer wait?
+            if isinstance(held, Result):
+                return self._settler.now(held)
         final = self._engine.delivery.send_now(receipt, s.retry_max_elapsed_s)
         if self._keeper is not None:
             final = self._keeper.settle([receipt], [final])[0]
@@ -274,7 +281,7 @@ class CMSClient:
             books=self._ledger, success=True, message="replayed",
             event_id=event.event_id, event=event,
         )  # fmt: skip
-        result._in_spool = True
+        result._in_spool = REPLAYED
         self._ledger.admit(result, replayed=True)
         if not self._queue.put(result):
             self._settler.finish(
@@ -329,7 +336,7 @@ class CMSClient:
         self._closed = True
         atexit.unregister(self._exit_hook)
         if self._replayer is not None:
-            self._replayer.stop.set()  # claim nothing more from the spool
+            self._replayer.halt()  # claim nothing more from the spool
         self.flush(budget)
         in_flight = self._engine.in_flight()
         result = self._snapshot()

@@ -48,6 +48,7 @@ class Reason(str, enum.Enum):
     SHUTDOWN = "shutdown"
     DISABLED = "disabled"
     SPOOL_FULL = "spool_full"
+    BEHIND_SPOOLED = "behind_spooled"  # saved behind its customer's older events in the spool
     INTERNAL_ERROR = "internal_error"  # a bug of ours caught by track_*'s last-resort guard
 
     def __str__(self) -> str:
@@ -161,7 +162,7 @@ class TrackResult(Result):
         self._books = books  # the ledger that will resolve it
         self._final = final
         self._seq = 0  # set by the ledger on admission
-        self._in_spool = False  # the event has a row in the on-disk spool
+        self._in_spool = 0  # its row in the on-disk spool: 0 none, else how (see _spooling)
 
     @property
     def final(self) -> Optional[Result]:

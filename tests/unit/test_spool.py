@@ -232,3 +232,44 @@ def test_no_token_is_stored(tmp_path: Path) -> None:
     store.close()
     store.close()  # idempotent
     assert b"Bearer" not in (tmp_path / "s.db").read_bytes()
+
+
+def test_claims_follow_tracking_order_not_insertion_order(tmp_path: Path) -> None:
+    store = spool(tmp_path / "s.db", Clock(), "a")
+    # e1 was written ahead first; e0, tracked earlier, was spilled later (kept in memory).
+    store.add([lead(1, "x")], leased=False)
+    store.add([lead(0, "x")], leased=False)
+    assert [e.event_id for e in store.claim(1)] == ["e0"]
+    store.remove(["e0"])
+    assert [e.event_id for e in store.claim(1)] == ["e1"]
+
+
+def test_lines_hold_a_customer_back_while_its_older_events_wait_or_replay(tmp_path: Path) -> None:
+    clock = Clock()
+    a = spool(tmp_path / "s.db", clock, "a")
+    held = a.lines.holds_back
+    a.add([lead(0, "x")], leased=True)  # written ahead: a live event of ours, holds nothing
+    assert not held("x")
+    a.release(["e0"])  # spilled: it waits in the spool now
+    assert held("x") and not held("y")
+    assert [e.event_id for e in a.claim(10)] == ["e0"]
+    assert held("x")  # replaying: still before x's new events
+    a.remove(["e0"])  # delivered
+    assert not held("x")
+    a.add([lead(1, "y")], leased=False)
+    assert held("y")
+    a.remove(["e1"])  # a late answer for a row that waited: y is free again
+    assert not held("y")
+
+
+def test_refresh_sees_other_processes_rows_and_a_dead_owners(tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
+    b.add([lead(0, "x")], leased=False)  # spilled by another process
+    b.add([lead(1, "y")], leased=True)  # b's live event: never a's business
+    assert not a.lines.holds_back("x")
+    a.refresh()
+    assert a.lines.holds_back("x") and not a.lines.holds_back("y")
+    b.close()  # b is gone with e1 still leased: its owner lock file proves it
+    a.refresh()
+    assert a.lines.holds_back("y")
