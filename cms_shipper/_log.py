@@ -5,40 +5,85 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any, Callable, Optional
 
-__all__ = ["RateLimitedLog", "logger"]
+__all__ = ["MAX_KINDS", "RateLimitedLog", "logger"]
 
 logger = logging.getLogger("cms_shipper")
 
+MAX_KINDS = 256  # kinds remembered at once; a stream of distinct keys must not grow memory
+
 
 class RateLimitedLog:
-    """Logs the first message of each key, then at most one per ``interval_s`` with a count."""
+    """Logs the first message of each kind (``key``), then at most one per ``interval_s``.
+
+    A line that follows suppressed repeats of its kind says how many there were since
+    the previous line of that kind. At most ``max_keys`` kinds are remembered: when a
+    new kind arrives with the table full, kinds that have nothing to report and would be
+    logged anyway are forgotten first, then the new kind is counted under its
+    ``overflow_key`` if it has one, and failing that the kind logged longest ago is
+    forgotten (with its count of suppressed repeats).
+    """
 
     def __init__(
         self,
         log: logging.Logger = logger,
         interval_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        max_keys: int = MAX_KINDS,
     ) -> None:
         self._log = log
         self._interval_s = interval_s
         self._clock = clock
+        self._max_keys = max(1, max_keys)
         self._lock = threading.Lock()
-        self._last: dict[str, tuple[float, int]] = {}  # key -> (when logged, suppressed since)
+        # key -> (when last logged, repeats suppressed since); oldest line first, because
+        # a logged key moves to the end and the clock is monotonic.
+        self._last: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
 
-    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
-        """Log ``msg % args`` unless ``key`` was logged less than ``interval_s`` ago."""
+    def log(
+        self,
+        level: int,
+        key: Hashable,
+        msg: str,
+        *args: Any,
+        exc_info: bool = False,
+        overflow_key: Optional[Hashable] = None,
+    ) -> None:
+        """Log ``msg % args`` unless a line of kind ``key`` went out under ``interval_s`` ago."""
         if not self._log.isEnabledFor(level):
             return
         now = self._clock()
         with self._lock:
+            key = self._slot(key, overflow_key, now)
             last, suppressed = self._last.get(key, (None, 0))
             if last is not None and now - last < self._interval_s:
                 self._last[key] = (last, suppressed + 1)
                 return
             self._last[key] = (now, 0)
-        if suppressed:
-            msg += " (%d similar messages suppressed in the last %.0f s)"
-            args = (*args, suppressed, self._interval_s)
+            self._last.move_to_end(key)
+        if suppressed and last is not None:
+            msg += " (%d similar message%s suppressed in the last %.0f s)"
+            args = (*args, suppressed, "" if suppressed == 1 else "s", now - last)
         self._log.log(level, msg, *args, exc_info=exc_info)
+
+    def _slot(self, key: Hashable, overflow_key: Optional[Hashable], now: float) -> Hashable:
+        """The key to count under, making room for it; called with the lock held."""
+        table = self._last
+        if key in table or len(table) < self._max_keys:
+            return key
+        # Kinds whose next line would go out anyway and carry no count lose nothing.
+        while table:
+            oldest, (when, suppressed) = next(iter(table.items()))
+            if now - when < self._interval_s or suppressed:
+                break
+            del table[oldest]
+        if len(table) < self._max_keys:
+            return key
+        if overflow_key is not None:
+            key = overflow_key
+        if key not in table:
+            table.popitem(last=False)  # the kind logged longest ago
+        return key

@@ -26,6 +26,8 @@ _SUCCESS = (Outcome.DELIVERED, Outcome.DUPLICATE)
 
 _MAX_DETAILS = 20  # fields of a server's "details" kept in a result
 _MAX_DETAIL_TEXT = 200
+_MAX_LOGGED_RULES = 1000  # characters of a result's details shown in its log line
+_OTHER_FIELDS = "(other fields)"  # the kind counted when too many kinds are remembered
 
 
 def _text(value: Any, limit: int = MAX_ERROR_TEXT) -> str:
@@ -175,7 +177,7 @@ class Reporter:
             callback(final)
         except Exception:
             self._log.log(
-                logging.ERROR, f"callback:{final.outcome}",
+                logging.ERROR, ("callback", final.outcome),
                 "the %s callback raised; the shipper carries on", final.outcome,
                 exc_info=True,
             )  # fmt: skip
@@ -189,11 +191,27 @@ class Reporter:
             level = logging.INFO
         else:
             level = logging.WARNING
+        # One kind of problem per outcome, reason, status and the fields named: 100 bad
+        # amounts and 100 bad emails are two kinds, each with its own first line.
+        fields = ",".join(sorted(final.details)) if final.details else None
+        kind = (outcome, reason, final.status_code)
         event = final.event
         self._log.log(
-            level, f"{outcome}:{reason}:{final.status_code}",
+            level, (*kind, fields),
             "%s event %s %s (%s%s)%s",
             event.endpoint if event else "invalid", final.event_id or "-", outcome, reason,
-            f", HTTP {final.status_code}" if final.status_code else "",
-            f": {final.error}" if final.error else "",
+            f", HTTP {final.status_code}" if final.status_code else "", _said(final),
+            overflow_key=(*kind, _OTHER_FIELDS) if fields else None,
         )  # fmt: skip
+
+
+def _said(final: Result) -> str:
+    """``": error: field: rule; ..."``: the error and the field rules it does not already name."""
+    error = final.error or ""
+    rules = "; ".join(
+        named for named in (f"{k}: {v}" for k, v in (final.details or {}).items())
+        if named not in error
+    )  # fmt: skip
+    rules = one_line(rules, _MAX_LOGGED_RULES)
+    text = f"{error}: {rules}" if error and rules else error or rules
+    return f": {text}" if text else ""

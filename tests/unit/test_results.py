@@ -113,7 +113,7 @@ def test_rate_limited_log_counts_suppressed_repeats(caplog: pytest.LogCaptureFix
     assert messages == [
         "queue full",
         "different",
-        "queue full (4 similar messages suppressed in the last 60 s)",
+        "queue full (4 similar messages suppressed in the last 61 s)",
     ]
 
 
