@@ -29,14 +29,15 @@ _current = threading.local()  # .slot: the attempt running in this thread, if ar
 
 
 class Slot:
-    """One thread's attempt: its deadline, its connection, and whether it was cut off."""
+    """One thread's attempt: its deadline, its connection, whether it was cut off or sent."""
 
-    __slots__ = ("conn", "deadline", "expired")
+    __slots__ = ("conn", "deadline", "expired", "sent")
 
     def __init__(self) -> None:
         self.deadline: Optional[float] = None
         self.conn: Any = None
         self.expired = False
+        self.sent = False  # the request is on the wire: the server may act on it
 
 
 def _note_connection(conn: Any) -> None:
@@ -45,16 +46,24 @@ def _note_connection(conn: Any) -> None:
         slot.conn = conn
 
 
+def _note_sent() -> None:
+    slot: Optional[Slot] = getattr(_current, "slot", None)
+    if slot is not None:
+        slot.sent = True
+
+
 class _WatchedHTTPConnection(HTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _note_connection(self)
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # connects if need be, then writes the request
+        _note_sent()
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _note_connection(self)
         super().request(*args, **kwargs)
+        _note_sent()
 
 
 class _Pool(HTTPConnectionPool):
@@ -98,7 +107,7 @@ class Watchdog:
         """Start timing an attempt in the current thread."""
         with self._cond:
             slot.deadline = self._clock() + self.budget_s
-            slot.conn, slot.expired = None, False
+            slot.conn, slot.expired, slot.sent = None, False, False
             self._armed.add(slot)
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(
@@ -114,6 +123,11 @@ class Watchdog:
             self._armed.discard(slot)
             slot.deadline, slot.conn = None, None
             return slot.expired
+
+    def sent(self) -> int:
+        """Attempts running now whose request was written out (not refused, not connecting)."""
+        with self._cond:
+            return sum(1 for slot in self._armed if slot.sent)
 
     def stop(self) -> None:
         """End the thread (attempts still armed are no longer timed)."""

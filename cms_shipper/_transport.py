@@ -227,6 +227,10 @@ class Transport:
         text = str(reason if isinstance(reason, BaseException) else exc)
         return one_line(f"{kind}: {_POOL_PREFIX.sub('', text)}")
 
+    def sent_in_flight(self) -> int:
+        """Requests written out and not answered yet: the server may have acted on them."""
+        return self._watchdog.sent()
+
     def close(self) -> None:
         """Close every pooled connection and stop the watchdog; safe to call more than once."""
         self._watchdog.stop()

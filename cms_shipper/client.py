@@ -338,7 +338,7 @@ class CMSClient:
         if self._replayer is not None:
             self._replayer.halt()  # claim nothing more from the spool
         self.flush(budget)
-        in_flight = self._engine.in_flight()
+        in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
         result = self._snapshot()
         abandoned = self._ledger.outstanding()
         self._engine.stop(deadline, abandoned)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from cms_shipper import Outcome, Reason
+from cms_shipper import CMSClient, Outcome, Reason
 from cms_shipper.emulator import Emulator
 
-from .conftest import ClientFactory, adds_up, wait_until
+from .conftest import FAST, TOKEN, ClientFactory, adds_up, wait_until
 
 # Generous slack for a slow, noisy 2-core machine; the point is "bounded", not "fast".
 SLACK_S = 2.0
@@ -49,6 +52,8 @@ def test_flush_and_close_return_by_their_deadline_against_a_hanging_server(
     client = make_client(read_timeout_s=60.0)
     for i in range(5):
         client.track_lead("s", f"u{i}", click_id="c")
+    # Every sender's request has reached the server, which holds it.
+    assert wait_until(lambda: cms_emulator.in_flight == 4, 10.0)
     started = time.monotonic()
     flushed = client.flush(0.5)
     assert time.monotonic() - started < 0.5 + SLACK_S
@@ -62,7 +67,49 @@ def test_flush_and_close_return_by_their_deadline_against_a_hanging_server(
     assert stats["dropped"] == 5 and stats["reasons"]["dropped"] == {"shutdown": 5}
     assert stats["pending"] == 0 and adds_up(stats)
     warnings = [r.getMessage() for r in caplog.records if "shutdown budget" in r.getMessage()]
-    assert len(warnings) == 1 and "5 event(s)" in warnings[0] and "in flight" in warnings[0]
+    assert len(warnings) == 1 and "5 event(s)" in warnings[0]
+    # The requests on the wire (one per sender; the others never left) may have reached it.
+    assert in_flight_said(warnings[0]) == 4, warnings[0]
+
+
+def in_flight_said(warning: str) -> int:
+    found = re.search(r"\((\d+) were in flight and may have reached the server\)", warning)
+    assert found, warning
+    return int(found.group(1))
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose accept queue is full: new connections hang in connect, never sent."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # the kernel queues one or two; after that SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for sock in [*fillers, server]:
+        sock.close()
+
+
+def test_the_shutdown_warning_counts_only_requests_that_were_sent(
+    unanswered_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = CMSClient(token=TOKEN, host=f"http://127.0.0.1:{unanswered_port}",
+                       **{**FAST, "connect_timeout_s": 30.0})  # fmt: skip
+    for i in range(3):
+        client.track_lead("s", f"u{i}", click_id="c")
+    # Senders are connecting (a SYN nobody answers): in flight for the client, not sent.
+    assert wait_until(lambda: client.stats()["in_flight"] >= 1, 10.0)
+    with caplog.at_level(logging.WARNING, logger="cms_shipper"):
+        client.close(0.5)
+    warnings = [r.getMessage() for r in caplog.records if "shutdown budget" in r.getMessage()]
+    assert len(warnings) == 1 and "3 event(s)" in warnings[0], warnings
+    assert in_flight_said(warnings[0]) == 0
 
 
 def test_wait_honours_its_deadline(cms_emulator: Emulator, make_client: ClientFactory) -> None:
