@@ -9,7 +9,7 @@ client.close()                            # or let the exit hook flush
 from cms_shipper._version import __version__
 from cms_shipper.client import CMSClient
 from cms_shipper.errors import CMSError, ConfigurationError, ValidationError
-from cms_shipper.results import FlushResult, Outcome, Reason, Result, TrackResult
+from cms_shipper.results import FlushResult, Outcome, Reason, Result, Stats, TrackResult
 
 __all__ = [
     "CMSClient",
@@ -19,6 +19,7 @@ __all__ = [
     "Outcome",
     "Reason",
     "Result",
+    "Stats",
     "TrackResult",
     "ValidationError",
     "__version__",

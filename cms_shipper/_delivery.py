@@ -21,7 +21,7 @@ from cms_shipper._health import HealthGate, Ticket
 from cms_shipper._outcomes import dropped, from_reply, unsendable
 from cms_shipper._retry import Kind, RetryPolicy, classify, final_outcome
 from cms_shipper._transport import Reply, Transport
-from cms_shipper.results import Outcome, Reason, Result, TrackResult
+from cms_shipper.results import Outcome, Reason, Result, Tracked
 
 __all__ = ["Delivery"]
 
@@ -53,7 +53,7 @@ class Delivery:
         self._charges: dict[int, _Charges] = {}  # by the result's ledger seq; failures only
         self._lock = threading.Lock()  # refunds touch other events' charges
 
-    def attempt(self, result: TrackResult, ticket: Ticket) -> Step:
+    def attempt(self, result: Tracked, ticket: Ticket) -> Step:
         """Send ``result``'s event once and decide: done, park for a retry, or requeue."""
         event = result.event
         if event is None:  # never queued without one; finish it rather than strand it
@@ -131,7 +131,7 @@ class Delivery:
         """Drop the retry state of an event that got its outcome some other way."""
         self._charges.pop(seq, None)
 
-    def send_now(self, result: TrackResult, budget_s: float) -> Result:
+    def send_now(self, result: Tracked, budget_s: float) -> Result:
         """``sync_mode``: attempt until a final outcome, giving up after ``budget_s``."""
         event = event_of(result)
         give_up_at = time.monotonic() + budget_s

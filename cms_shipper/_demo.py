@@ -119,7 +119,7 @@ def _order_held(rec: _Recorder, emulator: Emulator) -> tuple[bool, int]:
 
 
 def _summary(client: CMSClient, rec: _Recorder, emulator: Emulator, took: float) -> int:
-    stats = client.stats()
+    stats: dict[str, Any] = dict(client.stats())
     print(f"\nDone in {took:.1f} s.\n\nOutcomes (tracked {stats['tracked']}):")
     for outcome in _OUTCOMES:
         reasons = stats["reasons"].get(outcome, {})

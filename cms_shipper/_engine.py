@@ -19,7 +19,7 @@ from cms_shipper._queue import EventQueue
 from cms_shipper._retry import RetryPolicy
 from cms_shipper._spooling import SpoolKeeper
 from cms_shipper._transport import Transport
-from cms_shipper.results import Result, TrackResult
+from cms_shipper.results import Result, Tracked
 
 __all__ = ["Engine"]
 
@@ -30,10 +30,10 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        queue: EventQueue[TrackResult],
+        queue: EventQueue[Tracked],
         *,
-        key: Callable[[TrackResult], Hashable],
-        settle: Callable[[TrackResult, Optional[Result]], None],
+        key: Callable[[Tracked], Hashable],
+        settle: Callable[[Tracked, Optional[Result]], None],
         keeper: Optional[SpoolKeeper] = None,
     ) -> None:
         s = settings
@@ -53,14 +53,14 @@ class Engine:
             max_retry_after_s=s.max_retry_after_s,
         )  # fmt: skip
         self.delivery = Delivery(self.transport, self.gate, policy, self.stop_event)
-        self.dispatcher: Dispatcher[TrackResult] = Dispatcher(
+        self.dispatcher: Dispatcher[Tracked] = Dispatcher(
             queue, self.gate, key=key, finish=settle,
             attempt=self._attempt if keeper is not None else self.delivery.attempt,
             senders=s.max_concurrent_requests, batch_size=s.batch_size,
             flush_interval_s=s.flush_interval_s, stop=self.stop_event,
         )  # fmt: skip
 
-    def _attempt(self, result: TrackResult, ticket: Ticket) -> Step:
+    def _attempt(self, result: Tracked, ticket: Ticket) -> Step:
         """With a spool: an event whose customer has older events there is saved behind them."""
         keeper = self._keeper
         held = None if keeper is None or self.stop_event.is_set() else keeper.hold_back(result)
@@ -75,7 +75,7 @@ class Engine:
         """Start the senders once; cheap to call on every event."""
         self.dispatcher.ensure_started()
 
-    def stop(self, deadline: float, abandoned: list[TrackResult]) -> None:
+    def stop(self, deadline: float, abandoned: list[Tracked]) -> None:
         """Stop the senders by ``deadline`` (monotonic) and forget ``abandoned`` retries."""
         self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         for pending in abandoned:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from cms_shipper._checks import (
     check_amount,
@@ -47,7 +47,7 @@ from cms_shipper._checks import (
 from cms_shipper.errors import ValidationError
 
 if TYPE_CHECKING:
-    from cms_shipper.results import Result
+    from cms_shipper.results import Result, Tracked
 
 __all__ = ["LEAD", "SALE", "Event", "build_lead", "build_sale", "event_of", "format_timestamp"]
 
@@ -118,7 +118,7 @@ class Event(NamedTuple):
         return _ENCODE(self.body()).encode("ascii")
 
 
-def event_of(result: Result) -> Event:
+def event_of(result: Union[Result, Tracked]) -> Event:
     """The event a queued, spooled or settled result carries (invalid input never has one)."""
     if result.event is None:
         raise TypeError("only results that carry an event are queued or spooled")

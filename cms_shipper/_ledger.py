@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from typing import Any, Iterable, Optional
 
-from cms_shipper.results import Outcome, Result, TrackResult
+from cms_shipper.results import Outcome, Result, Tracked
 
 __all__ = ["Ledger"]
 
@@ -54,7 +54,7 @@ class Ledger:
         # waiter on every resolution: a flush of N events cost N wake-ups of its thread.)
         self._flushes: list[_Flush] = []
         self._waits: dict[int, threading.Event] = {}  # seq -> set when that event resolves
-        self._outstanding: dict[int, TrackResult] = {}
+        self._outstanding: dict[int, Tracked] = {}
         self._seqs = itertools.count(1)
         self._recorded = 0  # tracked events that got their outcome at once
         self._resolved = 0  # admitted events that got their outcome since
@@ -63,7 +63,7 @@ class Ledger:
         self._reasons: Counter[tuple[Outcome, str]] = Counter()
         self._statuses: Counter[int] = Counter()
 
-    def admit(self, result: TrackResult, *, replayed: bool = False) -> None:
+    def admit(self, result: Tracked, *, replayed: bool = False) -> None:
         """Count a tracked (or replayed from the spool) event that is now pending. Lock-free."""
         seq = next(self._seqs)
         result._seq = seq
@@ -78,7 +78,7 @@ class Ledger:
             self._recorded += 1
             self._count(final)
 
-    def resolve(self, result: TrackResult, final: Result) -> bool:
+    def resolve(self, result: Tracked, final: Result) -> bool:
         """Give a pending event its outcome; False if it already had one."""
         with self._lock:
             if result._final is not None:
@@ -127,7 +127,7 @@ class Ledger:
                 left = len(flush.pending)
         return left
 
-    def wait_final(self, result: TrackResult, timeout_s: Optional[float]) -> None:
+    def wait_final(self, result: Tracked, timeout_s: Optional[float]) -> None:
         """Block until ``result`` has its final outcome, or ``timeout_s`` (None: no bound)."""
         with self._lock:
             if result._final is not None:
@@ -137,7 +137,7 @@ class Ledger:
                 waiting = self._waits[result._seq] = threading.Event()
         waiting.wait(timeout_s)
 
-    def outstanding(self) -> list[TrackResult]:
+    def outstanding(self) -> list[Tracked]:
         """The events still pending, oldest first."""
         return list(self._outstanding.values())
 

@@ -60,11 +60,19 @@ def from_reply(
 ) -> Result:
     """The final result of an event the server answered (or never answered)."""
     data, error, details = _body_parts(reply.body)
-    if outcome in _SUCCESS:
-        message = "delivered" if outcome is Outcome.DELIVERED else "duplicate: already recorded"
+    if outcome is Outcome.DELIVERED:
         return Result(
-            success=True, status_code=reply.status_code, message=message, data=data,
+            success=True, status_code=reply.status_code, message="delivered", data=data,
             event_id=event.event_id, outcome=outcome, reason=reason, event=event,
+        )  # fmt: skip
+    if outcome is Outcome.DUPLICATE:
+        # A success in every view: the server's body ({"success": false, "error": "Duplicate
+        # invoiceId"}) is not passed on as data; its words go into the message.
+        said = f" ({error})" if error else ""
+        return Result(
+            success=True, status_code=reply.status_code,
+            message=f"duplicate: already recorded{said}", event_id=event.event_id,
+            outcome=outcome, reason=reason, event=event,
         )  # fmt: skip
     if reply.error is not None:
         error = reply.error

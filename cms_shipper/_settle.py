@@ -16,14 +16,9 @@ from cms_shipper._log import logger
 from cms_shipper._outcomes import Reporter, dropped
 from cms_shipper._queue import EventQueue
 from cms_shipper._spooling import SpoolKeeper
-from cms_shipper.results import FlushResult, Outcome, Reason, Result, TrackResult
+from cms_shipper.results import FlushResult, Outcome, Reason, Result, Tracked, TrackResult
 
 __all__ = ["Settler"]
-
-_FIELDS = (
-    "success", "status_code", "message", "data", "error", "details", "event_id", "outcome",
-    "reason", "event",
-)  # fmt: skip
 
 
 class Settler:
@@ -32,7 +27,7 @@ class Settler:
     def __init__(
         self,
         ledger: Ledger,
-        queue: EventQueue[TrackResult],
+        queue: EventQueue[Tracked],
         reporter: Reporter,
         keeper: Optional[SpoolKeeper],
     ) -> None:
@@ -49,10 +44,9 @@ class Settler:
 
     def returned(self, final: Result) -> TrackResult:
         """A TrackResult that already carries its final outcome."""
-        fields = {k: getattr(final, k) for k in _FIELDS}
-        return TrackResult(books=self._ledger, final=final, **fields)
+        return TrackResult(Tracked(final.event, final), self._ledger, **final, event=final.event)
 
-    def sent(self, result: TrackResult, final: Optional[Result]) -> None:
+    def sent(self, result: Tracked, final: Optional[Result]) -> None:
         """A sender's last word on an event (``None``: an internal error, which fails it)."""
         if final is None:
             final = Result(
@@ -62,7 +56,7 @@ class Settler:
             )  # fmt: skip
         self.finish(result, final)
 
-    def finish(self, result: TrackResult, final: Result, *, queued: bool = True) -> Result:
+    def finish(self, result: Tracked, final: Result, *, queued: bool = True) -> Result:
         """Settle one admitted event (spool, books, callback); returns the outcome recorded."""
         if self._keeper is not None:
             # Also for an event already settled at shutdown: a late delivery removes the
@@ -79,7 +73,7 @@ class Settler:
             )  # fmt: skip
         return final
 
-    def abandon(self, abandoned: list[TrackResult], budget_s: float, in_flight: int) -> None:
+    def abandon(self, abandoned: list[Tracked], budget_s: float, in_flight: int) -> None:
         """Settle the events ``close()`` gives up on (spooled or dropped), in one log line.
 
         The spool's part waits for a busy spool at most ``SETTLE_WAIT_S`` (0.25 s), even past
@@ -102,7 +96,7 @@ class Settler:
             len(abandoned), budget_s, spooled, len(abandoned) - spooled, in_flight,
         )  # fmt: skip
 
-    def internal_error(self, result: Optional[TrackResult]) -> TrackResult:
+    def internal_error(self, result: Optional[Tracked]) -> TrackResult:
         """The last resort for a bug of ours inside track_*: a counted outcome; never raises."""
         final = Result(
             success=False, message="dropped: internal_error",
@@ -116,10 +110,7 @@ class Settler:
                 return self.returned(result.final or final)
             return self.now(final)
         except Exception:  # the books themselves failed: still an answer, not a raise
-            return TrackResult(
-                books=None, final=final, success=False, message=final.message,
-                error=final.error, outcome=final.outcome, reason=final.reason,
-            )  # fmt: skip
+            return TrackResult(Tracked(None, final), None, **final)
 
     @property
     def reporter(self) -> Reporter:

@@ -23,7 +23,7 @@ from cms_shipper._config import Settings
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._spool import Added, Spool, SpoolBusy, SpoolError
-from cms_shipper.results import Outcome, Reason, Result, TrackResult
+from cms_shipper.results import Outcome, Reason, Result, Tracked
 
 __all__ = ["SpoolKeeper"]
 
@@ -33,7 +33,7 @@ OPEN_WAIT_S = 1.0  # opening waits at most this for a busy file, then retries on
 HOLD_WAIT_S = 0.05  # a sender saving an event behind its customer's waits at most this...
 HOLD_RETRY_S = 0.25  # ...then that customer's line waits this long before trying again
 
-# TrackResult._in_spool: which row, if any, the event has in the spool.
+# Tracked._in_spool: which row, if any, the event has in the spool.
 WRITTEN_AHEAD = 1  # written by track_* and leased to this process (a live event)
 REPLAYED = 2  # claimed from the spool by this process's replay
 SPILLED = 3  # saved unleased by this process (spilled, or left at shutdown)
@@ -55,7 +55,7 @@ def _spooled(final: Result) -> Result:
     )  # fmt: skip
 
 
-def _held_back(result: TrackResult) -> Result:
+def _held_back(result: Tracked) -> Result:
     return Result(
         success=False, message="spooled",
         error="an older event of this customer is waiting in the spool; saved behind it,"
@@ -156,7 +156,7 @@ class SpoolKeeper:
                 len(added.failed), added.failed[0],
             )  # fmt: skip
 
-    def write_ahead(self, result: TrackResult) -> None:
+    def write_ahead(self, result: Tracked) -> None:
         """Store a just-tracked event, leased to this process, before track_* returns."""
         spool = self._spool
         if result.event is None:
@@ -186,7 +186,7 @@ class SpoolKeeper:
 
     def settle(
         self,
-        results: Sequence[TrackResult],
+        results: Sequence[Tracked],
         finals: Sequence[Result],
         deadline: Optional[float] = None,
     ) -> list[Result]:
@@ -240,7 +240,7 @@ class SpoolKeeper:
                 out[i] = _spooled(out[i])
         return out
 
-    def _next_in_line(self, spool: Spool, removed: list[TrackResult]) -> None:
+    def _next_in_line(self, spool: Spool, removed: list[Tracked]) -> None:
         # A replayed event has its answer: its customer's next spooled event may go now,
         # rather than at the next replay interval.
         for result in removed:
@@ -253,7 +253,7 @@ class SpoolKeeper:
                 self.poke()
                 return
 
-    def hold_back(self, result: TrackResult) -> Union[Result, float, None]:
+    def hold_back(self, result: Tracked) -> Union[Result, float, None]:
         """Save a live event behind its customer's older events waiting in the spool.
 
         Returns its outcome (spooled) once saved; seconds to wait before asking again while

@@ -26,8 +26,9 @@ from cms_shipper._queue import EventQueue
 from cms_shipper._replay import Replayer
 from cms_shipper._settle import Settler
 from cms_shipper._spooling import REPLAYED, SpoolKeeper
+from cms_shipper._stats import snapshot
 from cms_shipper.errors import ValidationError
-from cms_shipper.results import FlushResult, Reason, Result, TrackResult
+from cms_shipper.results import FlushResult, Reason, Result, Stats, Tracked, TrackResult
 
 __all__ = ["CMSClient"]
 
@@ -100,7 +101,7 @@ class CMSClient:
         s = self._settings
         self._pid = os.getpid()
         self._ledger = Ledger()
-        self._queue: EventQueue[TrackResult] = EventQueue(s.max_queue_size, s.batch_size)
+        self._queue: EventQueue[Tracked] = EventQueue(s.max_queue_size, s.batch_size)
         self._log = RateLimitedLog()
         self._settler = Settler(self._ledger, self._queue, Reporter(s, self._log), self._keeper)
         self._engine = Engine(
@@ -207,7 +208,7 @@ class CMSClient:
             return self._internal_error(None)
 
     def _submit(self, event: Event) -> TrackResult:
-        result: Optional[TrackResult] = None
+        item: Optional[Tracked] = None
         try:
             if self._pid != os.getpid():
                 # Some servers fork without running os.register_at_fork hooks.
@@ -215,14 +216,11 @@ class CMSClient:
             early = self._settled_at_once(event)
             if early is not None:
                 return early
-            result = TrackResult(
-                books=self._ledger, success=True, message="queued",
-                event_id=event.event_id, event=event,
-            )  # fmt: skip
-            self._ledger.admit(result)
-            return self._enqueue(result, event)
+            item = Tracked(event)
+            self._ledger.admit(item)
+            return self._enqueue(item, event)
         except Exception:  # a bug of ours must never reach the caller, nor strand the event
-            return self._internal_error(result)
+            return self._internal_error(item)
 
     def _settled_at_once(self, event: Event) -> Optional[TrackResult]:
         """The outcome of an event that is not queued: closed, disabled, or sync_mode."""
@@ -237,7 +235,7 @@ class CMSClient:
             )
         if not s.sync_mode:
             return None
-        receipt = TrackResult(books=None, success=False, event_id=event.event_id, event=event)
+        receipt = Tracked(event)
         receipt._seq = next(self._sync_seqs)
         if self._keeper is not None:
             held = self._keeper.hold_back(receipt)  # older events of its customer wait?
@@ -248,7 +246,7 @@ class CMSClient:
             final = self._keeper.settle([receipt], [final])[0]
         return self._settler.now(final)
 
-    def _enqueue(self, result: TrackResult, event: Event) -> TrackResult:
+    def _enqueue(self, result: Tracked, event: Event) -> TrackResult:
         s = self._settings
         if s.write_ahead and self._keeper is not None:
             self._keeper.write_ahead(result)  # on disk before track_* returns
@@ -269,18 +267,18 @@ class CMSClient:
         self._engine.start()
         if self._replayer is not None:
             self._replayer.ensure_started()  # in a forked child, replay starts here
-        return result
+        return TrackResult(
+            result, self._ledger, success=True, message="queued", event_id=event.event_id,
+            event=event,
+        )  # fmt: skip
 
-    def _internal_error(self, result: Optional[TrackResult]) -> TrackResult:
+    def _internal_error(self, result: Optional[Tracked]) -> TrackResult:
         logger.exception("internal error in track_*; event dropped and counted")
         return self._settler.internal_error(result)
 
     def _submit_replayed(self, event: Event) -> None:
         """Feed an event claimed from the spool into the pipeline (the replay thread)."""
-        result = TrackResult(
-            books=self._ledger, success=True, message="replayed",
-            event_id=event.event_id, event=event,
-        )  # fmt: skip
+        result = Tracked(event)
         result._in_spool = REPLAYED
         self._ledger.admit(result, replayed=True)
         if not self._queue.put(result):
@@ -368,26 +366,19 @@ class CMSClient:
         """``close`` for async code: waits in a worker thread, never blocking the event loop."""
         return await asyncio.to_thread(self.close, timeout_s)
 
-    def stats(self) -> dict[str, Any]:
-        """A snapshot: counts by outcome and reason, queue depth, in flight, the API's health."""
-        snapshot = self._ledger.snapshot()
-        snapshot["queue_depth"] = self._queue.depth()
-        snapshot.update(self._engine.snapshot())
-        snapshot["spool_dropped"] = snapshot["reasons"].get("dropped", {}).get("spool_full", 0)
-        keeper = self._keeper
-        # Spool trouble that cost no event its outcome but is worth watching.
-        snapshot["spool_write_ahead_misses"] = keeper.write_ahead_misses if keeper else 0
-        snapshot["spool_errors"] = keeper.spool_errors if keeper else 0
-        snapshot["spool_settle_misses"] = keeper.settle_misses if keeper else 0
-        snapshot["spool_path"] = (
-            self._keeper.path if self._keeper and self._keeper.enabled else None
-        )
-        snapshot["closed"] = self._closed
-        return snapshot
+    def stats(self) -> Stats:
+        """A snapshot: counts by outcome and reason, queue depth, in flight, the API's health.
+
+        The keys are ``cms_shipper.results.Stats``'s (the README lists them).
+        """
+        return snapshot(
+            self._ledger.snapshot(), self._queue.depth(), self._engine.snapshot(),
+            self._keeper, self._closed,
+        )  # fmt: skip
 
 
 _POSITIONAL = frozenset({"self", "token", "host"})
 
 
-def _customer_key(result: TrackResult) -> str:
+def _customer_key(result: Tracked) -> str:
     return event_of(result).customer_key

@@ -1,23 +1,25 @@
 """Result values: what ``track_*``, ``wait``, ``flush`` and ``close`` hand back.
 
 Delivery problems travel as these values, never as exceptions. A ``Result`` reads both
-ways the vendor SDK's users write: ``r.success`` and ``r["success"]`` / ``r.get("success")``,
-and prints as a dict.
+ways the vendor SDK's users write: ``r.success`` and ``r["success"]`` / ``r.get("success")``.
+It *is* a (read-only) dict, so ``json.dumps(r)``, Flask's ``jsonify(r)``, Django's
+``JsonResponse(r)`` and a FastAPI return value serialise it as it prints; ``FlushResult``
+likewise. The pipeline itself carries a small ``Tracked`` record per event, not the
+caller's result, so an event costs no dict while it waits in the queue.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Dict, Literal, NoReturn, Optional, Protocol, TypedDict
 
 from cms_shipper._config import wait_budget
 
 if TYPE_CHECKING:
     from cms_shipper._events import Event
 
-__all__ = ["FlushResult", "Outcome", "Reason", "Result", "TrackResult"]
+__all__ = ["FlushResult", "Outcome", "Reason", "Result", "Stats", "TrackResult", "Tracked"]
 
 
 class Outcome(str, enum.Enum):
@@ -55,34 +57,29 @@ class Reason(str, enum.Enum):
         return self.value
 
 
-_KEYS = (
-    "success",
-    "status_code",
-    "message",
-    "data",
-    "error",
-    "details",
-    "event_id",
-    "outcome",
-    "reason",
-)
+class _ReadOnly(Dict[str, Any]):
+    """A dict whose items are fixed at construction (copy it with ``dict(r)`` to change it)."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} is read-only; dict(result) makes a copy")
+
+    __setitem__ = __delitem__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
 
 
-class Result(Mapping[str, Any]):
-    """An immutable answer about one event; a read-only mapping as well as an object."""
+class Result(_ReadOnly):
+    """An immutable answer about one event: a read-only dict and an object at once.
 
-    __slots__ = (
-        "data",
-        "details",
-        "error",
-        "event",
-        "event_id",
-        "message",
-        "outcome",
-        "reason",
-        "status_code",
-        "success",
-    )
+    Keys (and attributes): ``success``, ``status_code``, ``message``, ``data``, ``error``,
+    ``details``, ``event_id``, ``outcome``, ``reason``. ``outcome`` and ``reason`` are
+    ``str`` enums, so they compare equal to (and serialise as) their values. ``event`` (the
+    validated payload, without the token) is an attribute only, not a key.
+    """
+
+    __slots__ = ("event",)
 
     def __init__(
         self,
@@ -98,80 +95,131 @@ class Result(Mapping[str, Any]):
         reason: Optional[Reason] = None,
         event: Optional[Event] = None,
     ) -> None:
-        self.success = success
-        self.status_code = status_code
-        self.message = message
-        self.data = data
-        self.error = error
-        self.details = dict(details) if details else None
-        self.event_id = event_id
-        self.outcome = outcome
-        self.reason = reason
-        # The validated event (payload without the token); not one of the mapping's keys.
+        dict.__init__(
+            self, success=success, status_code=status_code, message=message, data=data,
+            error=error, details=dict(details) if details else None, event_id=event_id,
+            outcome=outcome, reason=reason,
+        )  # fmt: skip
         self.event = event
 
-    def __getitem__(self, key: str) -> Any:
-        if key not in _KEYS:
-            raise KeyError(key)
-        return getattr(self, key)
+    @property
+    def success(self) -> bool:
+        """True when the event was delivered (or was a duplicate), or is queued to be."""
+        return bool(dict.__getitem__(self, "success"))
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(_KEYS)
+    @property
+    def status_code(self) -> Optional[int]:
+        """The HTTP status the server answered (422 for an event refused here); or None."""
+        return dict.__getitem__(self, "status_code")  # type: ignore[no-any-return]
 
-    def __len__(self) -> int:
-        return len(_KEYS)
+    @property
+    def message(self) -> Optional[str]:
+        """A short word on what happened: ``delivered``, ``queued``, ``dropped: shutdown``..."""
+        return dict.__getitem__(self, "message")  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> Any:
+        """The server's ``data`` on success."""
+        return dict.__getitem__(self, "data")
+
+    @property
+    def error(self) -> Optional[str]:
+        """What went wrong, on one bounded line; None on success."""
+        return dict.__getitem__(self, "error")  # type: ignore[no-any-return]
+
+    @property
+    def details(self) -> Optional[dict[str, str]]:
+        """Field -> rule for a rejected event (ours or the server's); else None."""
+        return dict.__getitem__(self, "details")  # type: ignore[no-any-return]
+
+    @property
+    def event_id(self) -> Optional[str]:
+        """The client's id for the event (never sent to the API)."""
+        return dict.__getitem__(self, "event_id")  # type: ignore[no-any-return]
+
+    @property
+    def outcome(self) -> Optional[Outcome]:
+        """The final outcome; None while the event is queued or pending."""
+        return dict.__getitem__(self, "outcome")  # type: ignore[no-any-return]
+
+    @property
+    def reason(self) -> Optional[Reason]:
+        """Why it got that outcome."""
+        return dict.__getitem__(self, "reason")  # type: ignore[no-any-return]
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain dict, with enums as their string values."""
-        out = {key: getattr(self, key) for key in _KEYS}
-        for key in ("outcome", "reason"):
-            if out[key] is not None:
-                out[key] = out[key].value
-        return out
+        return {k: v.value if isinstance(v, enum.Enum) else v for k, v in self.items()}
 
     def __repr__(self) -> str:
         return repr(self.to_dict())
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self.to_dict() == {
-                k: (v.value if isinstance(v, enum.Enum) else v) for k, v in other.items()
-            }
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # equal to dicts, so unhashable like them
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy: rebuilt as a plain Result (a snapshot, without the books).
+        return _rebuild, (dict(self), self.event)
 
 
-class _Books(Protocol):
-    def wait_final(self, result: TrackResult, timeout_s: Optional[float]) -> None: ...
+def _rebuild(fields: dict[str, Any], event: Optional[Event]) -> Result:
+    return Result(**fields, event=event)
 
 
-class TrackResult(Result):
-    """What ``track_*`` returns at once; ``wait()`` gives the event's final ``Result``."""
+class Tracked:
+    """One event on its way: what the queue, scheduler, senders and ledger hold.
 
-    __slots__ = ("_books", "_final", "_in_spool", "_seq")
+    Not the caller's result: a caller may drop its ``TrackResult`` at once, and an event
+    waiting in the queue then costs this record and its ``Event`` only.
+    """
 
-    def __init__(
-        self,
-        *,
-        books: Optional[_Books],
-        final: Optional[Result] = None,
-        **fields: Any,
-    ) -> None:
-        super().__init__(**fields)
-        self._books = books  # the ledger that will resolve it
+    __slots__ = ("_final", "_in_spool", "_seq", "event")
+
+    def __init__(self, event: Optional[Event], final: Optional[Result] = None) -> None:
+        self.event = event
         self._final = final
         self._seq = 0  # set by the ledger on admission
         self._in_spool = 0  # its row in the on-disk spool: 0 none, else how (see _spooling)
+
+    @property
+    def event_id(self) -> Optional[str]:
+        """The event's id."""
+        return self.event.event_id if self.event is not None else None
 
     @property
     def final(self) -> Optional[Result]:
         """The final outcome if the event has one yet, else None."""
         return self._final
 
+
+class _Books(Protocol):
+    def wait_final(self, item: Tracked, timeout_s: Optional[float]) -> None: ...
+
+
+class TrackResult(Result):
+    """What ``track_*`` returns at once; ``wait()`` gives the event's final ``Result``.
+
+    As a dict it holds the answer at return: ``queued`` (``success`` True, ``outcome``
+    None) or, for an event settled at once (invalid, closed, disabled, ``sync_mode``,
+    a full queue), that final answer.
+    """
+
+    __slots__ = ("_books", "_item")
+
+    def __init__(self, item: Tracked, books: Optional[_Books], **fields: Any) -> None:
+        super().__init__(**fields)
+        self._item = item  # the event's record in the pipeline
+        self._books = books  # the ledger that will resolve it
+
+    @property
+    def final(self) -> Optional[Result]:
+        """The final outcome if the event has one yet, else None."""
+        return self._item._final
+
+    @property
+    def _in_spool(self) -> int:
+        return self._item._in_spool
+
     def done(self) -> bool:
         """True once the event has its final outcome."""
-        return self._final is not None
+        return self._item._final is not None
 
     def wait(self, timeout_s: Optional[float] = None) -> Result:
         """Block until the event's final outcome or ``timeout_s``; never raises.
@@ -184,9 +232,10 @@ class TrackResult(Result):
         # Any timeout value is fine: None waits without a bound; inf and huge are clamped;
         # negative, NaN and non-numbers mean 0 (a garbage timeout must not hang a caller).
         bound = None if timeout_s is None else wait_budget(timeout_s, 0.0)
-        if self._final is None and self._books is not None:
-            self._books.wait_final(self, bound)
-        final = self._final
+        item = self._item
+        if item._final is None and self._books is not None:
+            self._books.wait_final(item, bound)
+        final = item._final
         if final is not None:
             return final
         return Result(
@@ -199,21 +248,108 @@ class TrackResult(Result):
         )
 
 
-@dataclass(frozen=True)
-class FlushResult:
+class FlushResult(_ReadOnly):
     """Counts by outcome over the client's life, what is still pending, and whether time ran out.
 
+    A read-only dict (it serialises as it prints) with the same names as attributes.
     Truthy when nothing that was tracked before the call is still pending.
     """
 
+    __slots__ = ()
+
+    def __init__(
+        self, delivered: int, duplicate: int, rejected: int, failed: int, dropped: int,
+        pending: int, timed_out: bool, spooled: int = 0,
+    ) -> None:  # fmt: skip
+        dict.__init__(
+            self, delivered=delivered, duplicate=duplicate, rejected=rejected, failed=failed,
+            dropped=dropped, pending=pending, timed_out=timed_out, spooled=spooled,
+        )  # fmt: skip
+
+    def _count(self, key: str) -> int:
+        return int(dict.__getitem__(self, key))
+
+    @property
+    def delivered(self) -> int:
+        """Events the server accepted."""
+        return self._count("delivered")
+
+    @property
+    def duplicate(self) -> int:
+        """Events the server already had (409): not errors."""
+        return self._count("duplicate")
+
+    @property
+    def rejected(self) -> int:
+        """Events refused, here (invalid) or by the server; never retried."""
+        return self._count("rejected")
+
+    @property
+    def failed(self) -> int:
+        """Events that ran out of retries, or got an answer the client cannot act on."""
+        return self._count("failed")
+
+    @property
+    def dropped(self) -> int:
+        """Events never sent: queue full, closed, shutdown deadline, disabled."""
+        return self._count("dropped")
+
+    @property
+    def pending(self) -> int:
+        """Events tracked before the call that still have no outcome."""
+        return self._count("pending")
+
+    @property
+    def timed_out(self) -> bool:
+        """True when the wait ended at its deadline with events still pending."""
+        return bool(dict.__getitem__(self, "timed_out"))
+
+    @property
+    def spooled(self) -> int:
+        """Events saved in the on-disk spool for a later replay."""
+        return self._count("spooled")
+
+    def __bool__(self) -> bool:
+        return self.pending == 0
+
+    def __repr__(self) -> str:
+        return f"FlushResult({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return FlushResult, tuple(self.values())
+
+
+class Stats(TypedDict):
+    """What ``CMSClient.stats()`` returns: a snapshot, a plain (JSON-ready) dict.
+
+    Counts cover the client's life in this process;
+    ``tracked + replayed == delivered + duplicate + rejected + failed + dropped + spooled
+    + pending`` always holds.
+    """
+
+    tracked: int  # track_* calls in this process
+    replayed: int  # events this process took from the on-disk spool
     delivered: int
     duplicate: int
     rejected: int
     failed: int
     dropped: int
-    pending: int
-    timed_out: bool
-    spooled: int = 0
-
-    def __bool__(self) -> bool:
-        return self.pending == 0
+    spooled: int
+    pending: int  # no outcome yet: queued, scheduled, parked for a retry or in flight
+    reasons: dict[str, dict[str, int]]  # outcome -> reason -> count
+    status_codes: dict[str, int]  # HTTP status -> final answers with it
+    queue_depth: int  # events waiting in the queue
+    scheduled: int  # events the senders hold: waiting their turn, parked, in flight
+    in_flight: int  # requests being sent now
+    circuit: Literal["closed", "open", "probing"]
+    circuit_since: float  # time.time() of the last change of circuit state
+    circuit_cause: Optional[str]  # why it opened (None while closed)
+    rate_limited: bool  # a 429 paused sending
+    rate_limited_for_s: float  # how much longer the pause lasts
+    uncharged_attempts: int  # failed requests not counted against their event's retries
+    spool_path: Optional[str]  # None without a usable spool
+    spool_dropped: int  # events dropped because the spool was full
+    spool_write_ahead_misses: int  # write-ahead events kept in memory only (busy, error)
+    spool_errors: int  # events whose row could not be stored (encoding, SQLite)
+    spool_settle_misses: int  # settle batches the spool could not take in time
+    closed: bool

@@ -132,7 +132,7 @@ class Instrumentation:
         self._hub = hub
         self._attributes = attributes
         self._lock = threading.Lock()  # collections by two readers may overlap
-        self._stats: Optional[dict[str, Any]] = None
+        self._stats: Optional[Mapping[str, Any]] = None
         self._taken_at = 0.0
         self._closed = False
 
@@ -164,7 +164,7 @@ class Instrumentation:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _snapshot(self, fresh: bool) -> Optional[dict[str, Any]]:
+    def _snapshot(self, fresh: bool) -> Optional[Mapping[str, Any]]:
         """This collection's ``stats()`` (taken anew when ``fresh``); None once closed."""
         with self._lock:
             client = self._client()

@@ -17,7 +17,7 @@ from cms_shipper._outcomes import dropped
 from cms_shipper._spool_open import read_status
 from cms_shipper._spooling import SpoolKeeper
 from cms_shipper.emulator import Emulator
-from cms_shipper.results import Outcome, Reason, TrackResult
+from cms_shipper.results import Outcome, Reason, Tracked
 
 from .conftest import TOKEN, unused_port, wait_until
 
@@ -36,7 +36,7 @@ def test_a_lone_surrogate_and_a_huge_int_do_not_cost_a_shutdown_spill(tmp_path: 
                     1.0, None)  # fmt: skip
     events = [lead(f"e{i}", f"c{i}") for i in range(200)]
     events[50:50] = [lead("bad-str", "\ud800"), huge]
-    results = [TrackResult(books=None, success=True, event_id=e.event_id, event=e) for e in events]
+    results = [Tracked(e) for e in events]
     finals = [dropped(e, Reason.SHUTDOWN, "not delivered within 1 s of close") for e in events]
     out = keeper.settle(results, finals)
     keeper.close()

@@ -14,7 +14,7 @@ from cms_shipper._events import build_lead
 from cms_shipper._health import HealthGate
 from cms_shipper._retry import RetryPolicy
 from cms_shipper._transport import Reply
-from cms_shipper.results import Outcome, TrackResult
+from cms_shipper.results import Outcome, Tracked
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
@@ -37,11 +37,9 @@ class ScriptedTransport:
         return self.reply
 
 
-def _queued(seq: int) -> TrackResult:
+def _queued(seq: int) -> Tracked:
     event = build_lead(f"evt_{seq}", 0.0, event_name="signup", customer_external_id=f"u{seq % 3}")
-    result = TrackResult(
-        books=None, success=True, message="queued", event_id=event.event_id, event=event
-    )
+    result = Tracked(event)
     result._seq = seq
     return result
 

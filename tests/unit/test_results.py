@@ -11,12 +11,13 @@ import cms_shipper
 from cms_shipper import FlushResult, Outcome, Reason, Result, TrackResult
 from cms_shipper._ledger import Ledger
 from cms_shipper._log import RateLimitedLog
+from cms_shipper.results import Tracked
 
 
 def test_public_names_are_locked() -> None:
     assert sorted(cms_shipper.__all__) == [
         "CMSClient", "CMSError", "ConfigurationError", "FlushResult", "Outcome", "Reason",
-        "Result", "TrackResult", "ValidationError", "__version__",
+        "Result", "Stats", "TrackResult", "ValidationError", "__version__",
     ]  # fmt: skip
     for name in cms_shipper.__all__:
         assert getattr(cms_shipper, name) is not None
@@ -50,9 +51,9 @@ def test_flush_result_is_truthy_only_when_nothing_is_pending() -> None:
 
 
 def _tracked(ledger: Ledger) -> TrackResult:
-    result = TrackResult(books=ledger, success=True, message="queued", event_id="e")
-    ledger.admit(result)
-    return result
+    item = Tracked(None)
+    ledger.admit(item)
+    return TrackResult(item, ledger, success=True, message="queued", event_id="e")
 
 
 def _final(outcome: Outcome, reason: Reason, status: Any = None) -> Result:
@@ -63,9 +64,9 @@ def _final(outcome: Outcome, reason: Reason, status: Any = None) -> Result:
 def test_ledger_resolves_once_and_counts_add_up() -> None:
     ledger = Ledger()
     first, second, third = (_tracked(ledger) for _ in range(3))
-    assert ledger.resolve(first, _final(Outcome.DELIVERED, Reason.ACCEPTED, 200))
-    assert not ledger.resolve(first, _final(Outcome.DROPPED, Reason.SHUTDOWN))  # first wins
-    assert ledger.resolve(second, _final(Outcome.REJECTED, Reason.HTTP_ERROR, 401))
+    assert ledger.resolve(first._item, _final(Outcome.DELIVERED, Reason.ACCEPTED, 200))
+    assert not ledger.resolve(first._item, _final(Outcome.DROPPED, Reason.SHUTDOWN))  # first wins
+    assert ledger.resolve(second._item, _final(Outcome.REJECTED, Reason.HTTP_ERROR, 401))
     ledger.record(_final(Outcome.REJECTED, Reason.INVALID, 422))
     snap = ledger.snapshot()
     assert snap["tracked"] == 4 and snap["pending"] == 1
@@ -83,7 +84,9 @@ def test_flush_waits_only_for_events_before_its_mark() -> None:
     mark = ledger.mark()
     newer = _tracked(ledger)
     assert ledger.wait_for(mark, deadline=0.0) == 1  # deadline already passed
-    threading.Timer(0.05, ledger.resolve, (old, _final(Outcome.DELIVERED, Reason.ACCEPTED))).start()
+    threading.Timer(
+        0.05, ledger.resolve, (old._item, _final(Outcome.DELIVERED, Reason.ACCEPTED))
+    ).start()
     assert ledger.wait_for(mark, deadline=None) == 0
     assert not newer.done()
 
@@ -96,7 +99,7 @@ def test_wait_returns_the_final_result_or_a_pending_answer() -> None:
         pending.success is False and pending.outcome is None and "pending" in (pending.error or "")
     )
     final = _final(Outcome.DELIVERED, Reason.ACCEPTED, 200)
-    threading.Timer(0.05, ledger.resolve, (result, final)).start()
+    threading.Timer(0.05, ledger.resolve, (result._item, final)).start()
     assert result.wait(30.0) is final
 
 
