@@ -13,8 +13,8 @@ import random
 import sys
 import threading
 import time
-from collections import defaultdict
-from typing import Any
+from collections import Counter, defaultdict
+from typing import Any, Optional
 
 from cms_shipper._log import logger
 from cms_shipper.client import CMSClient
@@ -27,22 +27,32 @@ _OUTCOMES = ("delivered", "duplicate", "rejected", "failed", "dropped", "spooled
 
 
 class _Recorder:
-    """What the caller threads did: call latencies and, per customer, the accepted events."""
+    """What the caller threads did: call latencies and, per customer, the accepted events.
 
-    def __init__(self) -> None:
+    It also holds the budget: once ``limit`` calls are made, further calls are skipped, so
+    ``--events N`` tracks exactly N events (a journey under way when it runs out is cut
+    short, like a visitor who leaves).
+    """
+
+    def __init__(self, limit: int) -> None:
         self.lock = threading.Lock()
+        self.limit = limit
         self.latencies_ns: list[int] = []
         self.expected: dict[str, list[str]] = defaultdict(list)
         self.tracked = 0
 
     def call(self, customer: str, name: str, send: Any) -> None:
+        with self.lock:
+            if self.tracked >= self.limit:
+                return
+            self.tracked += 1
         started = time.perf_counter_ns()
         result = send()
         took = time.perf_counter_ns() - started
         with self.lock:
             self.latencies_ns.append(took)
-            self.tracked += 1
             if result.success:
+                # One thread tracks each customer, so this keeps the order of its calls.
                 self.expected[customer].append(name)
 
 
@@ -68,11 +78,11 @@ def _journey(client: CMSClient, rec: _Recorder, rng: random.Random, customer: st
         rec.call(customer, "bad", lambda: client.track_sale("bad", customer, "x", bad, "USD"))  # type: ignore[arg-type]
 
 
-def _callers(client: CMSClient, rec: _Recorder, events: int, threads: int, seed: int) -> None:
+def _callers(client: CMSClient, rec: _Recorder, threads: int, seed: int) -> None:
     def work(index: int) -> None:
         rng = random.Random(seed * 1000 + index)  # noqa: S311  # a demo mix, not crypto
         n = 0
-        while rec.tracked < events:
+        while rec.tracked < rec.limit:
             _journey(client, rec, rng, f"t{index}-c{n}")
             n += 1
             time.sleep(rng.uniform(0.005, 0.03))  # handlers are spread out in time
@@ -118,6 +128,17 @@ def _order_held(rec: _Recorder, emulator: Emulator) -> tuple[bool, int]:
     return all(received.get(c, []) == names for c, names in expected.items()), repeats
 
 
+def _answers(statuses: list[Optional[int]]) -> str:
+    """The requests by HTTP status; None is a request whose answer the emulator withheld."""
+    counts = Counter(statuses)
+    parts = [f"{code} x{counts[code]}" for code in sorted(c for c in counts if c is not None)]
+    if counts[None]:
+        parts.append(
+            f"no answer x{counts[None]} (recorded, then the connection closed: a lost answer)"
+        )
+    return ", ".join(parts)
+
+
 def _summary(client: CMSClient, rec: _Recorder, emulator: Emulator, took: float) -> int:
     stats: dict[str, Any] = dict(client.stats())
     print(f"\nDone in {took:.1f} s.\n\nOutcomes (tracked {stats['tracked']}):")
@@ -125,10 +146,12 @@ def _summary(client: CMSClient, rec: _Recorder, emulator: Emulator, took: float)
         reasons = stats["reasons"].get(outcome, {})
         detail = ", ".join(f"{k} {v}" for k, v in reasons.items())
         print(f"  {outcome:<10}{stats[outcome]:6d}  {detail}")
+    print("  rejected: the float amounts the demo sends on purpose, refused inside track_*\n"
+          "  duplicate: a repeated invoice (a webhook delivered twice, or a sale retried after"
+          " a lost answer), answered 409")  # fmt: skip
     statuses = [r.status for r in emulator.requests]
-    codes = {str(c): statuses.count(c) for c in sorted(set(statuses), key=str)}
-    recorded = len(emulator.events)
-    print(f"\nThe API saw {len(statuses)} requests (by answer: {codes}); it recorded {recorded}.")
+    print(f"\nThe API saw {len(statuses)} requests; it recorded {len(emulator.events)} events.")
+    print(f"  by answer: {_answers(statuses)}")
     held, repeats = _order_held(rec, emulator)
     print(f"Per-customer order in the API's record: {'held' if held else 'BROKEN'}"
           f" ({len(rec.expected)} customers; {repeats} lead(s) recorded twice"
@@ -156,13 +179,13 @@ def run_demo(*, events: int = 400, threads: int = 4, seed: int = 1) -> int:
         client = CMSClient(token=TOKEN, host=emulator.url, flush_interval_s=0.05,
                            retry_initial_backoff_s=0.05, retry_max_backoff_s=1.0,
                            retry_max_attempts=10)  # fmt: skip
-        rec, done = _Recorder(), threading.Event()
+        rec, done = _Recorder(events), threading.Event()
         ticker = threading.Thread(target=_progress, args=(client, done, emulator), daemon=True)
         outage = threading.Timer(0.8, emulator.outage, kwargs={"duration_s": 0.5})
         started = time.monotonic()
         ticker.start()
         outage.start()
-        _callers(client, rec, events, threads, seed)
+        _callers(client, rec, threads, seed)
         client.flush(30.0)
         client.close(10.0)
         done.set()

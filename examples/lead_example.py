@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Track a lead, the vendor SDK's way; the client's exit hook delivers it.
+"""Track a lead, the vendor SDK's way, and wait for the API's answer.
 
 Run it against the local emulator (it accepts the token ``test-token``)::
 
-    cms-shipper emulator --port 8080                      # in one terminal
-    export CMS_HOST=http://127.0.0.1:8080 CMS_BEARER_TOKEN=test-token
+    cms-shipper emulator                                  # in one terminal (port 8787)
+    export CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token
     python examples/lead_example.py                      # in another
 
 ``track_lead`` validates the event, queues it and returns at once: the response says
-"queued". This script deliberately calls neither ``flush()`` nor ``close()``: at
-interpreter exit the client's exit hook sends what is still pending, within
-``shutdown_timeout_s`` (5 s by default), so a script that tracks and ends loses nothing.
+"queued". ``wait()`` then blocks (at most 10 s) for the API's final answer, which the
+script prints and turns into its exit status: 0 when the lead was delivered, 1 when it
+was rejected, failed or got no answer in time. (Without the ``wait()``, the client's exit
+hook would still send the lead at exit, within ``shutdown_timeout_s``; but the script
+could not tell how it went.)
+
+The customer and click ids are this example's own, so it agrees with the other examples
+and with the README's command-line examples on one emulator, however often it runs.
 """
 
 import os
+import sys
 
 from cms_shipper import CMSClient
 
@@ -26,14 +32,19 @@ client = CMSClient(token=bearer_token)
 response = client.track_lead(
     click_id="5e6e1650-5641-4a2b-bec6-218288a86dbf",
     event_name="signup_started",
-    customer_external_id="user_42",
+    customer_external_id="lead_example_user",
     customer_name="John Doe",
     customer_email="john@example.com",
 )
 
-print(response)
+print(response)  # {'success': True, 'message': 'queued', ...}: accepted, not yet sent
 
-if response.success:
-    print("Lead tracking queued: it is delivered in the background, or at exit at the latest")
+# track_lead returned at once; wait (bounded) for the API's answer.
+answer = response.wait(timeout_s=10.0)
+print(answer)
+
+if answer.success:
+    print(f"Lead tracked: {answer.outcome}, HTTP {answer.status_code}")
 else:
-    print(f"Error: {response.error}")
+    print(f"Error: {answer.error}")
+    sys.exit(1)

@@ -3,17 +3,19 @@
 
 Run it against the local emulator (it accepts the token ``test-token``)::
 
-    cms-shipper emulator --port 8080                      # in one terminal
-    export CMS_HOST=http://127.0.0.1:8080 CMS_BEARER_TOKEN=test-token
+    cms-shipper emulator                                  # in one terminal (port 8787)
+    export CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token
     python examples/sale_example.py                      # in another
 
 ``amount`` is an int number of cents (4999 = $49.99); a float is refused at once with
 a message that says so. Run it twice against the same emulator and the second sale
 comes back as a duplicate (409: that ``invoice_id`` is already recorded), which counts
-as success, not as an error.
+as success, not as an error. The script exits 0 when the sale was delivered (or was a
+duplicate), 1 when it was rejected, failed or got no answer within 10 s.
 """
 
 import os
+import sys
 
 from cms_shipper import CMSClient
 
@@ -24,14 +26,14 @@ bearer_token = os.environ.get("CMS_BEARER_TOKEN")
 # Create client
 client = CMSClient(token=bearer_token)
 
-# Track a sale. The click id is the one lead_example.py tracked for user_42 (the vendor
-# docs use "id_123" here): a sale whose click id differs from the click the API already
-# holds for that customer is an attribution conflict, so the two examples agree.
+# Track a sale. The customer, click and invoice ids are this example's own: a sale whose
+# click id differs from the click the API already holds for that customer would be an
+# attribution conflict, so the examples share no customer.
 response = client.track_sale(
-    click_id="5e6e1650-5641-4a2b-bec6-218288a86dbf",
+    click_id="id_123",
     event_name="purchase_completed",
-    customer_external_id="user_42",
-    invoice_id="inv_987",
+    customer_external_id="sale_example_user",
+    invoice_id="inv_sale_example_987",
     amount=4999,  # amount in cents ($49.99)
     currency="USD",
     customer_name="John Doe",
@@ -44,9 +46,9 @@ print(response)
 answer = response.wait(timeout_s=10.0)
 print(answer)
 
+client.close(timeout_s=5.0)
 if answer.success:
-    print(f"Sale tracked ({answer.outcome}): {answer.data}")
+    print(f"Sale tracked: {answer.outcome}, HTTP {answer.status_code}")
 else:
     print(f"Error: {answer.error}")
-
-client.close(timeout_s=5.0)
+    sys.exit(1)

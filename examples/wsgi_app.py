@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """A small Flask app that tracks conversions from its request handlers without waiting.
 
-Run it against the local emulator (it accepts the token ``test-token``)::
+Run it against the local emulator (it accepts the token ``test-token``); Flask comes
+with ``pip install -e '.[examples]'``::
 
-    cms-shipper emulator --port 8080                      # in one terminal
-    export CMS_HOST=http://127.0.0.1:8080 CMS_BEARER_TOKEN=test-token
+    cms-shipper emulator                                  # in one terminal (port 8787)
+    export CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token
     python examples/wsgi_app.py                          # Flask's dev server on :5000
 
     # a visitor who came through a short link carries the click id in the cms_rf cookie
-    curl -X POST --cookie cms_rf=clk_123 -d user_id=user_42 -d email=jane@example.com \\
-        http://127.0.0.1:5000/signup
-    curl -X POST -d user_id=user_42 -d invoice_id=inv_1 -d amount_cents=4999 \\
-        -d currency=USD http://127.0.0.1:5000/checkout
+    curl -X POST --cookie cms_rf=clk_wsgi_example -d user_id=wsgi_example_user \
+        -d email=jane@example.com http://127.0.0.1:5000/signup
+    curl -X POST -d user_id=wsgi_example_user -d invoice_id=inv_wsgi_example \
+        -d amount_cents=4999 -d currency=USD http://127.0.0.1:5000/checkout
 
 Under a production server: ``gunicorn --chdir examples wsgi_app:app`` (the module
 exposes ``app``). ``/signup`` sets up deferred attribution (click id from the ``cms_rf`` cookie,

@@ -1,6 +1,14 @@
 """A single-file Django app: the middleware reads the click id, views track through get_client.
 
-CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token python django_app.py runserver
+Run it (``pip install -e '.[examples]'``, ``cms-shipper emulator`` in another terminal),
+from this directory::
+
+    CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token python django_app.py runserver
+    curl -X POST --cookie cms_rf=clk_django_example -d user_id=django_example_user \
+        http://127.0.0.1:8000/signup
+
+Without a token, ``runserver`` (and ``python django_app.py check``) stops at start-up with
+the system check ``cms_shipper.E001``, whose hint says what to set.
 """
 
 import sys
@@ -15,6 +23,8 @@ if not settings.configured:
         SECRET_KEY="example-only",
         ALLOWED_HOSTS=["*"],
         ROOT_URLCONF=__name__,
+        # the start-up check of CMS_SHIPPER (Django's system checks)
+        INSTALLED_APPS=["cms_shipper.integrations.django.CMSShipperConfig"],
         MIDDLEWARE=["cms_shipper.integrations.django.ClickIdMiddleware"],
         # token and host fall back to CMS_BEARER_TOKEN and CMS_HOST
         CMS_SHIPPER={"options": {"shutdown_timeout_s": 5.0}},

@@ -1,6 +1,12 @@
 """FastAPI: the lifespan opens and closes the client; dependencies give it and the click id.
 
-CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token uvicorn fastapi_app:app
+The glue is ``cms_shipper.integrations.starlette`` (FastAPI is built on Starlette; there is
+no ``.fastapi`` module). Run it (``pip install -e '.[examples]'`` installs FastAPI and
+uvicorn; ``cms-shipper emulator`` in another terminal), from this directory::
+
+    CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token uvicorn fastapi_app:app
+    curl -X POST --cookie cms_rf=clk_fastapi_example -d user_id=fastapi_example_user \
+        http://127.0.0.1:8000/signup
 """
 
 from typing import Optional

@@ -1,6 +1,11 @@
 """Flask with the ``CMSShipper`` extension: a deferred lead from the cms_rf cookie, then more.
 
-CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token flask --app flask_app run
+Run it (``pip install -e '.[examples]'``, ``cms-shipper emulator`` in another terminal),
+from this directory::
+
+    CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token flask --app flask_app run
+    curl -X POST --cookie cms_rf=clk_flask_example -d user_id=flask_example_user \
+        http://127.0.0.1:5000/signup
 """
 
 from flask import Flask, jsonify, request

@@ -1,6 +1,10 @@
 """gunicorn hooks for an app that holds one CMSClient (here: the Flask example's).
 
-    gunicorn -c gunicorn_conf.py --preload flask_app:app
+Run it (``pip install -e '.[examples]' gunicorn``, ``cms-shipper emulator`` in another
+terminal), from this directory::
+
+    CMS_HOST=http://127.0.0.1:8787 CMS_BEARER_TOKEN=test-token \
+        gunicorn -c gunicorn_conf.py --preload flask_app:app
 
 With ``--preload`` the master imports the app (and creates the client) before forking;
 each worker's client rebuilds its queue, threads and connections by itself after the

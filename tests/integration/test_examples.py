@@ -7,9 +7,10 @@ Flask's own test client, and once as a real dev server stopped with Ctrl-C.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from cms_shipper import CMSClient
 from cms_shipper.emulator import Emulator, RecordedEvent
 
 from .conftest import TOKEN, unused_port, wait_until
@@ -38,17 +40,28 @@ EVENTS_TIMEOUT_S = 15.0
 def example_env(emulator: Emulator, **extra: str) -> dict[str, str]:
     """The test's environment without any CMS_* setting of its own, pointed at ``emulator``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
-    env.update(CMS_HOST=emulator.url, CMS_BEARER_TOKEN=TOKEN, **extra)
+    env.update({"CMS_HOST": emulator.url, "CMS_BEARER_TOKEN": TOKEN, **extra})
     return env
 
 
-def run_example(name: str, emulator: Emulator) -> subprocess.CompletedProcess[str]:
+def run_example(
+    name: str, emulator: Emulator, token: str = TOKEN
+) -> subprocess.CompletedProcess[str]:
     """Run ``examples/<name>`` as a script; its own output is checked by the caller."""
     return subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
-        cwd=ROOT, env=example_env(emulator), capture_output=True, text=True,
-        timeout=RUN_TIMEOUT_S, check=False,
+        cwd=ROOT, env=example_env(emulator, CMS_BEARER_TOKEN=token), capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S, check=False,
     )  # fmt: skip
+
+
+def readme_cli_lead_line() -> list[str]:
+    """The ``cms-shipper lead ...`` line of the README's Command line section, as argv."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Command line") : text.index("## Examples")]
+    match = re.search(r"`(cms-shipper lead [^`]+)`", section)
+    assert match, "the README's Command line section shows no `cms-shipper lead` line"
+    return shlex.split(match.group(1))
 
 
 def recorded(emulator: Emulator, n: int) -> list[RecordedEvent]:
@@ -70,16 +83,6 @@ def assert_stamped_between(event: RecordedEvent, start: float, end: float) -> No
     assert start - 1.0 <= stamp.timestamp() <= end + 1.0, event.payload["timestamp"]
 
 
-def called_methods(name: str) -> set[str]:
-    """The names of the methods an example calls (``client.track_lead(...)``: track_lead)."""
-    tree = ast.parse((EXAMPLES / name).read_text(encoding="utf-8"))
-    return {
-        node.func.attr
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-    }
-
-
 def assert_clean_run(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
@@ -89,19 +92,20 @@ def assert_clean_run(done: subprocess.CompletedProcess[str]) -> None:
 # -- the scripts ----------------------------------------------------------------------
 
 
-def test_lead_example_is_delivered_by_the_exit_hook_alone(cms_emulator: Emulator) -> None:
-    # What makes this test prove the exit hook: the script never flushes, closes or waits.
-    assert called_methods("lead_example.py").isdisjoint({"flush", "close", "wait"})
+def test_lead_example_waits_for_the_answer_and_says_it_was_delivered(
+    cms_emulator: Emulator,
+) -> None:
     start = time.time()
     done = run_example("lead_example.py", cms_emulator)
     assert_clean_run(done)
     assert "'success': True" in done.stdout and "'message': 'queued'" in done.stdout
+    assert "Lead tracked: delivered, HTTP 200" in done.stdout, done.stdout
     assert "Error" not in done.stdout
     (lead,) = recorded(cms_emulator, 1)
     assert lead.endpoint == "lead"
     assert body(lead) == {
         "eventName": "signup_started",
-        "customerExternalId": "user_42",
+        "customerExternalId": "lead_example_user",
         "clickId": CLICK,
         "customerName": "John Doe",
         "customerEmail": "john@example.com",
@@ -116,20 +120,23 @@ def test_deferred_example_sets_up_the_click_then_follows_up_in_order(
     start = time.time()
     done = run_example("deferred_example.py", cms_emulator)
     assert_clean_run(done)
-    assert done.stdout.count("Delivered: Lead tracked successfully") == 2, done.stdout
+    assert done.stdout.count("Lead tracked: delivered, HTTP 200") == 2, done.stdout
     assert "Error" not in done.stdout
     setup, follow_up = recorded(cms_emulator, 2)
     assert (setup.endpoint, follow_up.endpoint) == ("lead", "lead")
     assert body(setup) == {
         "eventName": "lead_captured",
-        "customerExternalId": "user_72",
+        "customerExternalId": "deferred_example_user",
         "clickId": CLICK,
         "customerName": "Jane Smith",
         "customerEmail": "jane@example.com",
         "mode": "deferred",
     }
     # The follow-up carries no click id and no mode: the API resolves the association.
-    assert body(follow_up) == {"eventName": "kyc_completed", "customerExternalId": "user_72"}
+    assert body(follow_up) == {
+        "eventName": "kyc_completed",
+        "customerExternalId": "deferred_example_user",
+    }
     for event in (setup, follow_up):
         assert_stamped_between(event, start, time.time())
     assert [r.status for r in cms_emulator.requests] == [200, 200]
@@ -139,14 +146,14 @@ def test_sale_example_tracks_the_sale_in_cents(cms_emulator: Emulator) -> None:
     start = time.time()
     done = run_example("sale_example.py", cms_emulator)
     assert_clean_run(done)
-    assert "Sale tracked (delivered): Sale tracked successfully" in done.stdout, done.stdout
+    assert "Sale tracked: delivered, HTTP 200" in done.stdout, done.stdout
     (sale,) = recorded(cms_emulator, 1)
     assert sale.endpoint == "sale"
     assert body(sale) == {
         "eventName": "purchase_completed",
-        "customerExternalId": "user_42",
-        "clickId": CLICK,
-        "invoiceId": "inv_987",
+        "customerExternalId": "sale_example_user",
+        "clickId": "id_123",
+        "invoiceId": "inv_sale_example_987",
         "amount": 4999,
         "currency": "USD",
         "customerName": "John Doe",
@@ -155,24 +162,52 @@ def test_sale_example_tracks_the_sale_in_cents(cms_emulator: Emulator) -> None:
     assert_stamped_between(sale, start, time.time())
 
 
-def test_the_examples_agree_when_run_one_after_another_on_one_emulator(
+def test_the_readme_cli_line_then_every_example_twice_agree_on_one_emulator(
     cms_emulator: Emulator,
 ) -> None:
-    # As a user would try them against one `cms-shipper emulator`: no attribution
-    # conflicts between the examples, and a repeated sale is a duplicate, not an error.
+    # As a user would try them against one `cms-shipper emulator`: the README's own
+    # command line first, then each example twice. No attribution conflict anywhere; a
+    # repeated deferred set-up or sale is a duplicate (409), which is not an error.
+    argv = readme_cli_lead_line()
+    cli = subprocess.run(
+        [sys.executable, "-m", "cms_shipper", *argv[1:]], env=example_env(cms_emulator),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
     for name in ("lead_example.py", "deferred_example.py", "sale_example.py"):
-        assert_clean_run(run_example(name, cms_emulator))
-    again = run_example("sale_example.py", cms_emulator)
-    assert_clean_run(again)
-    assert "Sale tracked (duplicate)" in again.stdout, again.stdout
-    events = recorded(cms_emulator, 4)
-    assert [(e.endpoint, e.payload["eventName"]) for e in events] == [
-        ("lead", "signup_started"),
-        ("lead", "lead_captured"),
-        ("lead", "kyc_completed"),
-        ("sale", "purchase_completed"),
-    ]
-    assert [r.status for r in cms_emulator.requests] == [200, 200, 200, 200, 409]
+        first, again = run_example(name, cms_emulator), run_example(name, cms_emulator)
+        assert_clean_run(first)
+        assert_clean_run(again)
+    assert "Sale tracked: duplicate, HTTP 409" in again.stdout, again.stdout
+    statuses = [r.status for r in cms_emulator.requests]
+    # cli lead, lead x2, deferred set-up + follow-up x2 (set-up again: 409), sale x2 (409)
+    assert statuses == [200, 200, 200, 200, 200, 409, 200, 200, 409], statuses
+    customers = {e.payload["customerExternalId"] for e in cms_emulator.events}
+    assert len(customers) == 4, customers  # the README's and one per example
+
+
+@pytest.mark.parametrize("name", ["lead_example.py", "deferred_example.py", "sale_example.py"])
+def test_an_example_whose_event_is_rejected_says_so_and_exits_1(
+    name: str, cms_emulator: Emulator
+) -> None:
+    done = run_example(name, cms_emulator, token="not-the-emulators-token")  # 401: rejected
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Error: Missing or invalid bearer token" in done.stdout, done.stdout
+    assert "tracked:" not in done.stdout  # no success line for a rejected event
+    assert cms_emulator.events == []
+
+
+def test_the_lead_example_after_a_conflicting_lead_reports_the_conflict(
+    cms_emulator: Emulator,
+) -> None:
+    # The API already holds another click for this customer: 422 attribution conflict.
+    with CMSClient(token=TOKEN, host=cms_emulator.url) as seed:
+        first = seed.track_lead("signup", "lead_example_user", click_id="clk_elsewhere")
+        assert first.wait(EVENTS_TIMEOUT_S).outcome == "delivered"
+    done = run_example("lead_example.py", cms_emulator)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Error:" in done.stdout and "attribution conflict" in done.stdout, done.stdout
+    assert [r.status for r in cms_emulator.requests] == [200, 422]
 
 
 # -- the Flask app, through Flask's test client -----------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -173,3 +175,86 @@ def test_celery_example(load: Callable[[str], ModuleType], cms_emulator: Emulato
     signals.worker_process_shutdown.send(sender=None)  # what a prefork child does on exit
     assert client.stats()["closed"]
     assert_journey(cms_emulator)
+
+
+def test_django_reports_a_missing_token_at_start_up_and_at_the_view(
+    load: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("django")
+    load("django_app")
+    import django
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import Client
+
+    from cms_shipper.integrations import django as cms_django
+
+    django.setup()
+    cms_django.reset_client()
+    assert cms_django.check_settings() == []  # the token comes from CMS_BEARER_TOKEN
+    monkeypatch.delenv("CMS_BEARER_TOKEN")
+    (error,) = cms_django.check_settings()
+    assert error.id == "cms_shipper.E001" and error.is_serious()
+    assert 'settings.CMS_SHIPPER["token"]' in error.hint and "CMS_BEARER_TOKEN" in error.hint
+    # A server that runs no checks: the first view that tracks names the setting.
+    with pytest.raises(ImproperlyConfigured, match=r'cms_shipper\.E001: .*CMS_SHIPPER\["token"\]'):
+        Client().post("/verify", USER)
+    from django.test import override_settings
+
+    with override_settings(CMS_SHIPPER={"token": TOKEN, "options": {"batch_size": 0}}):
+        (bad,) = cms_django.check_settings()
+    assert bad.id == "cms_shipper.E002"
+    assert bad.msg.startswith('settings.CMS_SHIPPER["options"]["batch_size"]: must be'), bad.msg
+    with override_settings(CMS_SHIPPER={"token": TOKEN}):
+        assert cms_django.check_settings() == []
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["with-token", "without-token"])
+def test_django_check_command_runs_the_start_up_check(
+    token: str | None, cms_emulator: Emulator
+) -> None:
+    pytest.importorskip("django")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    env["CMS_HOST"] = cms_emulator.url
+    if token:
+        env["CMS_BEARER_TOKEN"] = token
+    done = subprocess.run(
+        [sys.executable, "django_app.py", "check"], cwd=EXAMPLES, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if token:
+        assert done.returncode == 0, done.stderr
+        assert "System check identified no issues" in done.stdout
+    else:
+        assert done.returncode == 1
+        assert "(cms_shipper.E001)" in done.stderr and "HINT:" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "user"),
+    [("celery_app.py", "celery_example_user"), ("lambda_handler.py", "lambda_example_user")],
+)
+def test_celery_and_lambda_examples_run_as_scripts(
+    script: str, user: str, cms_emulator: Emulator
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    env.update(CMS_HOST=cms_emulator.url, CMS_BEARER_TOKEN=TOKEN)
+
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, script], cwd=EXAMPLES, env={**env, **extra},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    first = run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "3 of 3 events taken by the API" in first.stdout, first.stdout
+    assert [(e.payload["customerExternalId"], e.payload["eventName"]) for e in
+            cms_emulator.events] == [(user, "signup"), (user, "email_verified"),
+                                     (user, "purchase")]  # fmt: skip
+    again = run()  # the same ids again: 409 duplicates (a success), then the follow-up
+    assert again.returncode == 0, again.stdout + again.stderr
+    rejected = run(CMS_BEARER_TOKEN="not-the-emulators-token")
+    assert rejected.returncode == 1, rejected.stdout + rejected.stderr
+    assert "0 of 3 events taken by the API" in rejected.stdout
+    assert "'rejected': {'http_error': 3}" in rejected.stdout, rejected.stdout
