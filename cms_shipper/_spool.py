@@ -1,11 +1,15 @@
 """The on-disk spool: a SQLite file (WAL) of event payloads, shared safely by processes.
 
 Storage only: no threads, no HTTP, no policy (``_spooling`` decides what goes in and out).
-An event is *claimed* by one process at a time through a lease. A process's leases end at
-once when it dies (its owner lock file, ``_spool_owners``, is then free), or after
-``lease_s`` where the OS cannot tell (no ``fcntl``, a network filesystem). Claims take, per
-customer, a prefix of its events in tracking order and skip customers leased by another
-process.
+Two tables hold events. ``events``: events waiting for a replay (spilled, left at
+shutdown, held back behind their customer's, a dead process's), each *claimed* by one
+process at a time through a lease. ``ahead``: the write-ahead journal (``_spool_ahead``),
+the live events of the process that wrote them; removed once answered, moved into
+``events`` when spilled or held back. A process's leases and journal rows are taken over
+at once when it dies (its owner lock file, ``_spool_owners``, is then free), or once its
+heartbeat row (``owners``) or lease has passed where the OS cannot tell (no ``fcntl``, a
+network filesystem). Claims take, per customer, a prefix of its events in tracking order
+and skip customers leased by another process.
 
 ``lines`` (``_spool_order.Lines``) says which customers this process must hold back
 for order; it is kept in step with every transaction on the main connection and recounted
@@ -16,14 +20,16 @@ Every wait for the file's lock is bounded (``busy_s``, per call); a busy file ra
 SQLite) is reported in ``Added.failed`` and the rest of the batch is stored.
 
 Durability: WAL with ``synchronous=NORMAL`` survives the process being killed (SIGKILL),
-not a power loss of the machine. Rows hold the event's payload, never the token.
+not a power loss of the machine. Rows hold the event's payload, never the token. An
+answered event's journal row is deleted in a batch (``_spool_flush``, within about 30 ms):
+killed within that window, its event is replayed, a duplicate. The journal's connections
+never checkpoint; ``checkpoint`` (heartbeat, settling) does, and the
+main connection keeps SQLite's automatic one, so the WAL stays bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import os
 import secrets
 import socket
@@ -32,10 +38,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Optional, Union
 
+from cms_shipper import _spool_rows as rows
 from cms_shipper._events import Event
 from cms_shipper._log import logger
+from cms_shipper._spool_ahead import FAILED, FULL, Journal
 from cms_shipper._spool_open import (
     SpoolBusy,
     SpoolError,
@@ -47,23 +55,12 @@ from cms_shipper._spool_open import (
 )
 from cms_shipper._spool_order import Lines
 from cms_shipper._spool_owners import Owners, take_over_dead
+from cms_shipper._spool_rows import Added, Ahead
 
-__all__ = ["Added", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus"]
+__all__ = ["FAILED", "FULL", "Added", "Ahead", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus"]
 
-_ROW_OVERHEAD = 120  # bytes a row costs beyond its payload: ids, indexes, times
-_COLUMNS = "event_id, endpoint, customer_key, payload, tracked_at, timestamp"
-# Errors confined to one row: the value cannot be encoded or bound. OperationalError
-# (busy, disk full, I/O) concerns the whole transaction and is raised instead.
-_ROW_ERRORS = (ValueError, TypeError, OverflowError, RecursionError,
-               sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
-               sqlite3.ProgrammingError)  # fmt: skip
-
-
-class Added(NamedTuple):
-    """What ``add`` could not store: over ``max_bytes``, or failing on its own."""
-
-    refused: list[str]
-    failed: list[str]
+RESTART_FRAMES = 4096  # a WAL longer than this (16 MiB of 4 KiB pages) is restarted
+_FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
 
 
 def _owner() -> str:
@@ -91,13 +88,15 @@ class Spool:
         self.owner = owner or _owner()
         self._lock = threading.Lock()
         self._db: Optional[sqlite3.Connection] = None
-        # write-ahead's own connection: track_* never queues behind a background thread's wait
-        self._fast_lock = threading.Lock()
-        self._fast_db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
         self._owners = Owners(self.path)
         self.lines = Lines()  # which customers wait for their spooled events
+        self.journal = self._journal()
         self._open()
+
+    def _journal(self) -> Journal:
+        return Journal(self.path, self.owner, max_bytes=self._max_bytes, lease_s=self._lease_s,
+                       clock=self._clock)  # fmt: skip
 
     def _open(self) -> None:
         # Hold our owner lock first: from here on, probes see this process as alive.
@@ -109,34 +108,24 @@ class Spool:
             raise
 
     def reopen(self) -> None:
-        """After ``os.fork()``: a new connection and a new owner (never share either)."""
-        self._lock, self._fast_lock = threading.Lock(), threading.Lock()
-        # The parent's connections are not touched (closing them would hurt the parent).
-        self._db = self._fast_db = None
+        """After ``os.fork()``: new connections and a new owner (never share either)."""
+        self._lock = threading.Lock()
+        # The parent's connections are kept, unused and unclosed (closing hurts the parent).
+        _FORKED.append((self._db, self.journal))
+        self._db = None
         self.lines = Lines()  # the parent's claims are the parent's
         self._owners.forget_inherited()
         self._pid = os.getpid()
         self.owner = _owner()
+        self.journal = self._journal()
         self._open()
 
     # -- statements -----------------------------------------------------------------
-
-    def _connection(self, fast: bool) -> sqlite3.Connection:
-        if self._db is None:
-            raise SpoolError("the spool is closed")
-        if not fast:
-            return self._db
-        if self._fast_db is None:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._fast_db = db
-        return self._fast_db
 
     def _run(
         self,
         work: Callable[[sqlite3.Connection], Any],
         busy_s: Optional[float],
-        fast: bool = False,
         committed: Optional[Callable[[], None]] = None,
     ) -> Any:
         """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks.
@@ -147,21 +136,26 @@ class Spool:
         if self._pid != os.getpid():
             self.reopen()
         wait = self._busy_s if busy_s is None else max(0.0, busy_s)
-        lock = self._fast_lock if fast else self._lock
-        if not lock.acquire(timeout=wait):
+        if not self._lock.acquire(timeout=wait):
             raise SpoolBusy(f"spool {self.path}: in use by another thread of this process")
         try:
             try:
-                db = self._connection(fast)
+                db = self._db
+                if db is None:
+                    raise SpoolError("the spool is closed")
                 db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     out = work(db)
+                    if self._max_bytes is not None:  # the journal's base for max_bytes
+                        size = used_bytes(db)
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
+                if self._max_bytes is not None:
+                    self.journal.measured, self.journal.added = size, 0
                 if committed is not None:
                     committed()
                 return out
@@ -169,44 +163,19 @@ class Spool:
                 kind = SpoolBusy if is_busy(exc) else SpoolError
                 raise kind(f"spool {self.path}: {exc}") from exc
         finally:
-            lock.release()
+            self._lock.release()
 
-    def _insert(
-        self, db: sqlite3.Connection, events: Sequence[Event], leased: bool, delta: Counter[str]
-    ) -> Added:
-        now = self._clock()
-        owner, until = (self.owner, now + self._lease_s) if leased else (None, 0.0)
-        size = used_bytes(db)
-        added = Added([], [])
-        for event in events:
-            try:
-                payload = json.dumps(event.payload, separators=(",", ":"))
-                if self._max_bytes is not None and size + len(payload) > self._max_bytes:
-                    added.refused.append(event.event_id)
-                    continue
-                cursor = db.execute(
-                    f"INSERT OR IGNORE INTO events ({_COLUMNS}, added_at, lease_owner, lease_until)"  # noqa: S608
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event.event_id, event.endpoint, event.customer_key, payload,
-                     event.tracked_at, event.timestamp, now, owner, until),
-                )  # fmt: skip
-            except _ROW_ERRORS as exc:
-                added.failed.append(event.event_id)
-                logger.debug("cannot store event %r: %s", event.event_id, exc)
-                continue
-            if cursor.rowcount:
-                size += len(payload) + _ROW_OVERHEAD
-                if not leased:
-                    delta[event.customer_key] += 1
-        return added
+    def write_ahead(self, event: Event, busy_s: float) -> int:
+        """Journal a live event of this process: its rowid, ``FULL`` or ``FAILED``."""
+        if self._pid != os.getpid():
+            self.reopen()
+        if self._db is None:
+            raise SpoolError("the spool is closed")
+        return self.journal.write(event, busy_s)
 
-    def add(
-        self, events: Sequence[Event], *, leased: bool, busy_s: Optional[float] = None
-    ) -> Added:
-        """Store events (twice is harmless); returns those not stored, and why."""
-        # max_bytes counts the pages in use; within one call, each row counts as its
-        # payload's length plus a small overhead until the next call measures again.
-        return self.apply(add=events, leased=leased, busy_s=busy_s, fast=leased)
+    def add(self, events: Sequence[Event], *, busy_s: Optional[float] = None) -> Added:
+        """Store events unleased, waiting in line (twice is harmless); those not stored, and why."""
+        return self.apply(add=events, busy_s=busy_s)
 
     def apply(
         self,
@@ -214,45 +183,30 @@ class Spool:
         remove: Iterable[str] = (),
         release: Iterable[str] = (),
         add: Sequence[Event] = (),
-        leased: bool = False,
+        forget: Sequence[Ahead] = (),
+        move: Sequence[Ahead] = (),
         busy_s: Optional[float] = None,
-        fast: bool = False,
     ) -> Added:
-        """Remove rows, release our leases and add events, in one transaction."""
-        # fast: the write-ahead connection, so a caller's thread never waits for the lock
-        # this process's background threads hold while they wait for the file. It only
-        # adds leased rows, which ``lines`` does not count.
+        """In one transaction: remove ``events`` rows, release our leases, add events unleased,
+        delete journal rows (``forget``) and move journal rows into ``events`` (``move``)."""
         gone, freed = list(remove), list(release)
-        if not (gone or freed or add):
+        if not (gone or freed or add or forget or move):
             return Added([], [])
         delta: Counter[str] = Counter()
 
         def work(db: sqlite3.Connection) -> Added:
             delta.clear()
             me, now = self.owner, self._clock()
-            for event_id in gone:
-                if db.execute("DELETE FROM events WHERE event_id = ? AND lease_owner = ?",
-                              (event_id, me)).rowcount:  # fmt: skip
-                    continue  # ours: never counted as waiting
-                row = db.execute("SELECT customer_key, lease_owner, lease_until FROM events"
-                                 " WHERE event_id = ?", (event_id,)).fetchone()  # fmt: skip
-                if row is not None:
-                    db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
-                    if row[1] is None or row[2] <= now:
-                        delta[row[0]] -= 1
-            for event_id in freed:
-                if db.execute(
-                    "UPDATE events SET lease_owner = NULL, lease_until = 0"
-                    " WHERE event_id = ? AND lease_owner = ?",
-                    (event_id, me),
-                ).rowcount:
-                    row = db.execute("SELECT customer_key FROM events WHERE event_id = ?",
-                                     (event_id,)).fetchone()  # fmt: skip
-                    delta[row[0]] += 1
-            return self._insert(db, add, leased, delta) if add else Added([], [])
+            rows.remove(db, me, now, gone, delta)
+            rows.release(db, me, freed, delta)
+            rows.forget(db, me, forget)
+            rows.move(db, me, now, move, delta)
+            if not add:
+                return Added([], [])
+            return rows.insert(db, add, now, used_bytes(db), self._max_bytes, delta)
 
         result: Added = self._run(
-            work, busy_s, fast, lambda: self.lines.changed(delta, itertools.chain(gone, freed))
+            work, busy_s, lambda: self.lines.changed(delta, itertools.chain(gone, freed))
         )
         return result
 
@@ -263,66 +217,80 @@ class Spool:
         now = self._clock()
         dead: list[str] = []
         events: list[Event] = []
+        counts: dict[str, int] = {}
 
         def work(db: sqlite3.Connection) -> None:
-            dead[:] = take_over_dead(db, self._owners, self.owner, now + self._lease_s)
-            # Customers with an event leased by someone (anyone, us included) are skipped:
-            # their older events are in flight, and a newer one must not overtake them.
-            # Tracking order, not insertion order: an event spilled late (kept in memory
-            # first) still goes before a newer one written ahead earlier.
-            rows = db.execute(
-                f"SELECT seq, {_COLUMNS} FROM events AS e"  # noqa: S608
-                " WHERE e.lease_until <= :now AND NOT EXISTS ("
-                "   SELECT 1 FROM events AS b WHERE b.customer_key = e.customer_key"
-                "   AND b.lease_until > :now)"
-                " ORDER BY tracked_at, seq LIMIT :limit",
-                {"now": now, "limit": limit},
-            ).fetchall()
-            db.executemany(
-                "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
-                [(self.owner, now + self._lease_s, row[0]) for row in rows],
-            )
-            events[:] = [Event.of(r[1], r[2], json.loads(r[4]), r[5], r[6]) for r in rows]
+            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+            events[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
+            counts.clear()
+            if dead:  # their rows wait now: count them (lines would miss them till refresh)
+                counts.update(rows.waiting(db, self.owner, now))
 
-        self._run(work, busy_s, committed=lambda: self.lines.claimed(events))
+        def committed() -> None:
+            self.lines.claimed(events)
+            if dead:
+                self.lines.recount(counts)
+
+        self._run(work, busy_s, committed)
         self._bury(dead)
         return events
 
     def refresh(self, busy_s: Optional[float] = None) -> None:
-        """Free dead owners' leases and recount the customers waiting from the file."""
+        """Take over dead owners' events and recount the customers waiting from the file."""
         now = self._clock()
         dead: list[str] = []
         counts: dict[str, int] = {}
 
         def work(db: sqlite3.Connection) -> None:
-            dead[:] = take_over_dead(db, self._owners, self.owner, now + self._lease_s)
+            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
             counts.clear()
-            counts.update(db.execute(
-                "SELECT customer_key, COUNT(*) FROM events WHERE lease_owner IS NULL"
-                " OR (lease_owner != ? AND lease_until <= ?) GROUP BY customer_key",
-                (self.owner, now)))  # fmt: skip
+            counts.update(rows.waiting(db, self.owner, now))
 
         self._run(work, busy_s, committed=lambda: self.lines.recount(counts))
         self._bury(dead)
 
     def _bury(self, dead: list[str]) -> None:
         for owner in dead:
-            logger.info("took over the spool leases of %s (it died)", owner)
+            logger.info("took over the spool events of %s (it died)", owner)
             self._owners.bury(owner)
 
     def renew(self, busy_s: Optional[float] = None) -> int:
-        """Extend this owner's leases to now + lease_s (heartbeat); returns rows renewed."""
+        """Heartbeat: our owners row and our claims' leases to now + lease_s; claims renewed."""
         until = self._clock() + self._lease_s
-        count: int = self._run(
-            lambda db: (
-                db.execute(
-                    "UPDATE events SET lease_until = ? WHERE lease_owner = ? AND lease_until > 0",
-                    (until, self.owner),
-                ).rowcount
-            ),
-            busy_s,
-        )
-        return count
+
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (self.owner, until))
+            # Only claimed rows are leased (replays in flight: few), found by events_lease.
+            count: int = db.execute(
+                "UPDATE events SET lease_until = ? WHERE lease_until > 0 AND lease_owner = ?",
+                (until, self.owner),
+            ).rowcount
+            return count
+
+        renewed: int = self._run(work, busy_s)
+        self.journal.registered = True
+        self.journal.prune()
+        return renewed
+
+    def checkpoint(self, busy_s: float = 0.05) -> None:
+        """Copy the WAL into the file (never on a caller's path); restart a long WAL."""
+        if self._pid != os.getpid() or not self._lock.acquire(timeout=busy_s):
+            return
+        try:
+            db = self._db
+            if db is None:
+                return
+            db.execute(f"PRAGMA busy_timeout = {int(busy_s * 1000)}")
+            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > RESTART_FRAMES:
+                # Writers never pause for a passive checkpoint, so under a steady stream the
+                # WAL is never wholly copied and never starts over: restart it, holding
+                # writers back for the few frames copied since (callers wait, bounded).
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:
+            logger.debug("spool %s: checkpoint: %s", self.path, exc)
+        finally:
+            self._lock.release()
 
     def release(self, event_ids: Iterable[str]) -> None:
         """Give leases back so any process may take these events now."""
@@ -339,32 +307,41 @@ class Spool:
         return result
 
     def purge(self) -> int:
-        """Delete every event; returns how many."""
-        count: int = self._run(lambda db: db.execute("DELETE FROM events").rowcount, None)
+        """Delete every event (journal rows included); returns how many."""
+
+        def work(db: sqlite3.Connection) -> int:
+            return int(db.execute("DELETE FROM events").rowcount) + int(
+                db.execute("DELETE FROM ahead").rowcount
+            )
+
+        count: int = self._run(work, None)
         return count
 
     def close(self, wait_s: float = 0.25) -> None:
-        """Close the connection and end our ownership; idempotent, waits at most ``wait_s``."""
-        with contextlib.suppress(sqlite3.Error):
-            if self._fast_lock.acquire(timeout=wait_s):
-                fast, self._fast_db = self._fast_db, None
-                self._fast_lock.release()
-                if fast is not None and self._pid == os.getpid():
-                    fast.close()
+        """Close the connections and end our ownership; idempotent, waits at most ``wait_s``."""
+        if self._pid == os.getpid():
+            self.journal.close(wait_s)
         got = self._lock.acquire(timeout=wait_s)
         db, self._db = self._db, None
         if got:
             self._lock.release()
         if db is None or self._pid != os.getpid() or not got:
             return  # another thread is still in a statement: exit closes the rest
+        held: object = True
         try:
-            # With rows still leased to us, the lock file stays (unlocked once closed) so
-            # another process can prove us dead and take them over at once.
+            # With rows still ours, the lock file stays (unlocked once closed) and our
+            # heartbeat row ends now, so another process takes them over at once.
             held = db.execute(
-                "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0 LIMIT 1",
-                (self.owner,),
+                "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0"
+                " UNION ALL SELECT 1 FROM ahead WHERE owner = ? LIMIT 1",
+                (self.owner, self.owner),
             ).fetchone()
+            db.execute("PRAGMA busy_timeout = 250")
+            if held:
+                db.execute("UPDATE owners SET until = 0 WHERE owner = ?", (self.owner,))
+            else:
+                db.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
         except sqlite3.Error:
-            held = True
+            pass  # held: as read, or True if unknown
         db.close()
         self._owners.release(keep_file=bool(held))

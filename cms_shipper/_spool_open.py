@@ -20,7 +20,8 @@ from cms_shipper._spool_owners import Owners
 __all__ = ["SpoolBusy", "SpoolError", "SpoolStatus", "Unreadable", "open_spool", "read_status"]
 
 SCHEMA_VERSION = "1"
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -39,7 +40,24 @@ CREATE INDEX IF NOT EXISTS events_lease ON events (lease_until);
 CREATE INDEX IF NOT EXISTS events_order ON events (tracked_at, seq);
 INSERT OR IGNORE INTO meta VALUES ('schema', '1');
 """
-_OURS = {"meta", "events", "sqlite_sequence"}
+    + """
+CREATE TABLE IF NOT EXISTS ahead (
+    event_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    customer_key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    tracked_at REAL NOT NULL,
+    timestamp TEXT,
+    owner TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+)
+# ahead: the write-ahead journal, append-only (no index, no AUTOINCREMENT: one b-tree per
+# insert); a row is a live event of its owner's until it is removed or moved into events.
+# owners: one row per process using the file, its heartbeat (the lease fallback).
+_V2 = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS ahead") :]
+_OURS = {"meta", "events", "sqlite_sequence", "ahead", "owners"}
 
 
 class SpoolError(Exception):
@@ -94,13 +112,11 @@ def _check(db: sqlite3.Connection, writable: bool) -> None:
     row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     if row is None or row[0] != SCHEMA_VERSION:
         raise Unreadable(f"unknown spool schema version {row and row[0]!r}")
-    if (
-        writable
-        and not db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_order'"
-        ).fetchone()
-    ):  # a file from before claims went in tracking order
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    if writable and "events_order" not in names:  # a file from before claims went in order
         db.execute("CREATE INDEX IF NOT EXISTS events_order ON events (tracked_at, seq)")
+    if writable and {"ahead", "owners"} - names:  # a file from before the journal
+        db.executescript("BEGIN IMMEDIATE;" + _V2 + "COMMIT;")
     check = db.execute("PRAGMA quick_check").fetchone()
     if not check or check[0] != "ok":
         raise Unreadable(f"quick_check: {check}")
@@ -180,13 +196,25 @@ def _move_aside(path: str, exc: Exception) -> str:
 
 
 def query_status(db: sqlite3.Connection, path: str, now: float) -> SpoolStatus:
-    """Counts by endpoint, leases, ages and size, read in one go."""
-    by_endpoint = dict(db.execute("SELECT endpoint, COUNT(*) FROM events GROUP BY endpoint"))
-    leased = db.execute("SELECT COUNT(*) FROM events WHERE lease_until > ?", (now,)).fetchone()
-    ages = db.execute("SELECT MIN(added_at), MAX(added_at) FROM events").fetchone()
+    """Counts by endpoint, leases, ages and size, read in one go (journal rows included)."""
+    # A journal row is held by its writer while the writer's heartbeat (owners.until) is
+    # recent: counted as leased. Its age is from its tracking time (it has no added_at).
+    journal = bool(
+        db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ahead'").fetchone()
+    )
+    union = "SELECT endpoint, added_at AS at FROM events"
+    if journal:
+        union += " UNION ALL SELECT endpoint, tracked_at FROM ahead"
+    by_endpoint = dict(db.execute(f"SELECT endpoint, COUNT(*) FROM ({union}) GROUP BY endpoint"))  # noqa: S608
+    leased = int(db.execute("SELECT COUNT(*) FROM events WHERE lease_until > ?",
+                            (now,)).fetchone()[0])  # fmt: skip
+    if journal:
+        leased += int(db.execute(
+            "SELECT COUNT(*) FROM ahead WHERE owner IN (SELECT owner FROM owners WHERE until > ?)",
+            (now,)).fetchone()[0])  # fmt: skip
+    ages = db.execute(f"SELECT MIN(at), MAX(at) FROM ({union})").fetchone()  # noqa: S608
     return SpoolStatus(
-        path=path, total=sum(by_endpoint.values()), by_endpoint=by_endpoint,
-        leased=int(leased[0]),
+        path=path, total=sum(by_endpoint.values()), by_endpoint=by_endpoint, leased=leased,
         oldest_age_s=None if ages[0] is None else now - ages[0],
         newest_age_s=None if ages[1] is None else now - ages[1],
         size_bytes=used_bytes(db),

@@ -4,7 +4,8 @@ Each process using a spool holds ``fcntl.flock(LOCK_EX)`` on ``<spool>.owners/<o
 until it exits; the OS drops the lock when the process dies, even by SIGKILL. Another
 process probes with ``LOCK_EX|LOCK_NB``: acquiring it proves the owner dead. This works on
 local filesystems; on NFS, or without ``fcntl`` (Windows), a probe answers "unknown" and the
-spool falls back to lease expiry.
+spool falls back to a timer: the owner's heartbeat row in the ``owners`` table (one row per
+process, renewed by its replay heartbeat) for its journal rows, lease expiry for its claims.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ try:
 except ImportError:  # Windows: liveness is unknown, leases alone decide
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Owners", "take_over_dead"]
+__all__ = ["Owners", "move_journal", "take_over_dead"]
 
 _SUFFIX = ".lock"
 
@@ -124,26 +125,57 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def take_over_dead(db: sqlite3.Connection, owners: Owners, me: str, until: float) -> list[str]:
-    """Free dead owners' leases, extend live ones'; returns the dead (bury after commit)."""
-    # Inside the caller's write transaction. Owners the OS cannot tell about (no lock
-    # file) are left to lease expiry.
-    leased = [row[0] for row in db.execute(
+_MOVE = (
+    "INSERT OR IGNORE INTO events (event_id, endpoint, customer_key, payload, tracked_at,"
+    " timestamp, added_at, lease_owner, lease_until) SELECT event_id, endpoint, customer_key,"
+    " payload, tracked_at, timestamp, ?, NULL, 0 FROM ahead"
+)
+
+
+def move_journal(db: sqlite3.Connection, where: str, args: tuple[object, ...], now: float) -> int:
+    """Move journal rows (``ahead``) matching ``where`` into ``events``, unleased; how many."""
+    moved: int = db.execute(f"{_MOVE} WHERE {where} ORDER BY rowid", (now, *args)).rowcount
+    db.execute(f"DELETE FROM ahead WHERE {where}", args)  # noqa: S608
+    return moved
+
+
+def take_over_dead(
+    db: sqlite3.Connection, owners: Owners, me: str, now: float, until: float
+) -> list[str]:
+    """Take dead owners' events (free their leases, move their journal rows into ``events``).
+
+    Inside the caller's write transaction; extends live owners' leases. Returns the owners
+    proven dead by their lock file (bury them after the commit). An owner the OS cannot
+    tell about (no lock file) is dead once its heartbeat row (``owners.until``) has passed;
+    its claimed rows' leases expire on their own.
+    """
+    beats = dict(db.execute("SELECT owner, until FROM owners WHERE owner != ?", (me,)))
+    leased = {row[0] for row in db.execute(
         "SELECT DISTINCT lease_owner FROM events WHERE lease_until > 0"
-        " AND lease_owner IS NOT NULL AND lease_owner != ?", (me,))]  # fmt: skip
-    alive: list[tuple[str]] = []
-    dead: list[tuple[str]] = []
-    for owner in leased:
+        " AND lease_owner IS NOT NULL AND lease_owner != ?", (me,))}  # fmt: skip
+    alive: list[str] = []
+    dead: list[str] = []
+    proven: list[str] = []
+    for owner in sorted(leased | set(beats)):
         state = owners.probe(owner)
-        if state is not None:
-            (alive if state else dead).append((owner,))
-    db.executemany(
-        "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?", dead
-    )
+        if state is True:
+            alive.append(owner)
+        elif state is False:
+            dead.append(owner)
+            proven.append(owner)
+        elif owner in beats and beats[owner] <= now:  # cannot tell: its heartbeat decides
+            dead.append(owner)
+    for owner in dead:
+        db.execute(
+            "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?",
+            (owner,),
+        )
+        move_journal(db, "owner = ?", (owner,), now)
+        db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
     # A live owner whose heartbeat is late still has its events in hand: never take them.
     db.executemany(
         "UPDATE events SET lease_until = ? WHERE lease_owner = ? AND lease_until > 0"
         " AND lease_until < ?",
-        [(until, owner, until) for (owner,) in alive],
+        [(until, owner, until) for owner in alive],
     )
-    return [owner for (owner,) in dead]
+    return proven

@@ -3,9 +3,11 @@
 The spool (``_spool.Spool``) only stores; this module decides. An event that would be lost
 (queue full, retries exhausted on a retryable failure, still pending at shutdown) is
 spooled instead, and one with a final answer (delivered, duplicate, rejected) has its row
-removed. Per-customer order holds through the spool: while an older event of a customer
-waits in the spool (or is being replayed), a newer one is not sent but saved behind it
-(``hold_back``), and claims replay each customer's events in tracking order.
+removed (a written-ahead event's journal row in a batch, ``_spool_flush``; a spilled or
+held-back one is moved into line; ``_spool_plan`` sorts them). Per-customer order holds
+through the spool: while an older event of a customer waits in the spool (or is being
+replayed), a newer one is not sent but saved behind it (``hold_back``), and claims replay
+each customer's events in tracking order.
 Spool trouble is logged and counted and never reaches the host: the client goes
 on in memory. Every wait for the file is bounded (``WRITE_AHEAD_WAIT_S``, ``SETTLE_WAIT_S``),
 so neither ``track_*`` nor ``close()`` waits on another process's disk lock.
@@ -22,10 +24,12 @@ from typing import Callable, Optional, Union
 from cms_shipper._config import Settings
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
-from cms_shipper._spool import Added, Spool, SpoolBusy, SpoolError
-from cms_shipper.results import Outcome, Reason, Result, Tracked
+from cms_shipper._spool import FAILED, FULL, Added, Ahead, Spool, SpoolBusy, SpoolError
+from cms_shipper._spool_flush import Flusher
+from cms_shipper._spool_plan import REPLAYED, SPILLED, Plan, held_back, outcomes
+from cms_shipper.results import Result, Tracked
 
-__all__ = ["SpoolKeeper"]
+__all__ = ["REPLAYED", "SPILLED", "SpoolKeeper"]
 
 WRITE_AHEAD_WAIT_S = 0.005  # track_* waits at most this for the spool, then keeps it in memory
 SETTLE_WAIT_S = 0.25  # settling (and the shutdown spill) waits at most this
@@ -33,45 +37,7 @@ OPEN_WAIT_S = 1.0  # opening waits at most this for a busy file, then retries on
 HOLD_WAIT_S = 0.05  # a sender saving an event behind its customer's waits at most this...
 HOLD_RETRY_S = 0.25  # ...then that customer's line waits this long before trying again
 
-# Tracked._in_spool: which row, if any, the event has in the spool.
-WRITTEN_AHEAD = 1  # written by track_* and leased to this process (a live event)
-REPLAYED = 2  # claimed from the spool by this process's replay
-SPILLED = 3  # saved unleased by this process (spilled, or left at shutdown)
-
-# Outcomes that mean "not delivered, but nothing the server said makes it hopeless".
-_SPILLABLE = {
-    (Outcome.FAILED, Reason.RETRIES_EXHAUSTED),
-    (Outcome.DROPPED, Reason.SHUTDOWN),
-    (Outcome.DROPPED, Reason.QUEUE_FULL),
-}
-
-
-def _spooled(final: Result) -> Result:
-    why = final.error or str(final.reason)
-    return Result(
-        success=False, status_code=final.status_code, message="spooled",
-        error=f"not delivered yet ({why}); saved to the spool for a later replay",
-        event_id=final.event_id, outcome=Outcome.SPOOLED, reason=final.reason, event=final.event,
-    )  # fmt: skip
-
-
-def _held_back(result: Tracked) -> Result:
-    return Result(
-        success=False, message="spooled",
-        error="an older event of this customer is waiting in the spool; saved behind it,"
-        " to be sent in the customer's order",
-        event_id=result.event_id, outcome=Outcome.SPOOLED, reason=Reason.BEHIND_SPOOLED,
-        event=result.event,
-    )  # fmt: skip
-
-
-def _spool_full(final: Result) -> Result:
-    return Result(
-        success=False, status_code=final.status_code, message="dropped: spool_full",
-        error=f"the spool is full (spool_max_bytes); event dropped ({final.error})",
-        event_id=final.event_id, outcome=Outcome.DROPPED, reason=Reason.SPOOL_FULL,
-        event=final.event,
-    )  # fmt: skip
+CHECKPOINT_EVERY_S = 0.5  # the flusher also checkpoints the WAL at most this often
 
 
 class SpoolKeeper:
@@ -92,8 +58,9 @@ class SpoolKeeper:
         self.write_ahead_misses = 0
         self.spool_errors = 0
         self.settle_misses = 0
-        self._later_remove: list[str] = []  # settled rows the spool was too busy to take
-        self._later_release: list[str] = []
+        self._later = Plan()  # settled rows the spool was too busy to take
+        self._flusher = Flusher(self._flush, self._checkpoint)  # journal rows, in batches
+        self._checkpointed = time.monotonic()
         self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
         self._open()
 
@@ -117,6 +84,7 @@ class SpoolKeeper:
                 self.path, exc,
             )  # fmt: skip
         else:
+            self._spool.journal.nudge = self._flusher.nudge
             self._refresh()
 
     def _refresh(self) -> None:
@@ -157,7 +125,7 @@ class SpoolKeeper:
             )  # fmt: skip
 
     def write_ahead(self, result: Tracked) -> None:
-        """Store a just-tracked event, leased to this process, before track_* returns."""
+        """Journal a just-tracked event (a live event of this process) before track_* returns."""
         spool = self._spool
         if result.event is None:
             return
@@ -166,23 +134,24 @@ class SpoolKeeper:
                 self._count("write_ahead_misses")
             return
         try:
-            added = spool.add([result.event], leased=True, busy_s=WRITE_AHEAD_WAIT_S)
+            rowid = spool.write_ahead(result.event, WRITE_AHEAD_WAIT_S)
         except SpoolError as exc:
             self._count("write_ahead_misses")
             if not isinstance(exc, SpoolBusy):
                 self._trouble(exc, "writing ahead")
             return
-        self._row_errors(added)
-        if added.refused:
+        if rowid > 0:
+            result._in_spool = rowid  # its handle: settling removes or moves this row
+            return
+        self._count("write_ahead_misses")
+        if rowid == FAILED:
+            self._row_errors(Added([], [result.event.event_id]))
+        elif rowid == FULL:
             self._log.log(
                 logging.WARNING, "spool:full-write-ahead",
                 "the spool is full; event %s is held in memory only",
                 result.event_id,
             )  # fmt: skip
-        if added.refused or added.failed:
-            self._count("write_ahead_misses")
-        else:
-            result._in_spool = WRITTEN_AHEAD
 
     def settle(
         self,
@@ -191,67 +160,44 @@ class SpoolKeeper:
         deadline: Optional[float] = None,
     ) -> list[Result]:
         """The spool's part of giving events their outcomes; returns the outcomes to record."""
-        # Spillable outcomes become spooled (or dropped/spool_full); final answers remove
-        # the row. One transaction, waiting at most SETTLE_WAIT_S, or until deadline (a
-        # time.monotonic() value) if sooner.
+        # Spillable outcomes become spooled (or dropped/spool_full): a row of ours is
+        # released or moved into line, an event without one is added. Final answers remove
+        # the row (journal rows in a batch, by the flusher). One transaction, waiting at
+        # most SETTLE_WAIT_S, or until deadline (a time.monotonic() value) if sooner.
         out = list(finals)
         spool = self._spool
         if spool is None:
             return out
-        remove: list[int] = []
-        release: list[int] = []
-        add: list[int] = []
-        for i, (result, final) in enumerate(zip(results, finals)):
-            if final.outcome is Outcome.SPOOLED:  # held back: its row is already in place
-                continue
-            spill = (final.outcome, final.reason) in _SPILLABLE
-            if result._in_spool:
-                (release if spill else remove).append(i)
-            elif spill and result.event is not None:
-                add.append(i)
+        rows = Plan.of(results, finals)
+        if rows.forget:
+            self._flusher.add(rows.forget)
+            rows.forget = []
+        if not (rows.move or rows.release or rows.remove or rows.add):
+            return out
+        rows.forget = self._flusher.take()  # a transaction runs anyway: take them along
         wait = SETTLE_WAIT_S
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         try:
-            added = spool.apply(
-                remove=[out[i].event_id or "" for i in remove],
-                release=[out[i].event_id or "" for i in release],
-                add=[event_of(out[i]) for i in add], busy_s=wait,
-            )  # fmt: skip
+            added = spool.apply(remove=rows.remove, release=rows.release, forget=rows.forget,
+                                move=rows.move, add=[event_of(out[i]) for i in rows.add],
+                                busy_s=wait)  # fmt: skip
         except SpoolError as exc:
             self._count("settle_misses")
+            self._flusher.put_back(rows.forget)
+            rows.forget = []
             with self._count_lock:  # rows left behind: retried on the next heartbeat
-                self._later_remove += [out[i].event_id or "" for i in remove]
-                self._later_release += [out[i].event_id or "" for i in release]
+                self._later.extend(rows)
             self._trouble(exc, "settling outcomes")
-            for i in release:  # their rows stay in the spool (released later): spooled
-                out[i] = _spooled(out[i])
+            outcomes(results, out, rows, None)
             return out
         self._row_errors(added)
-        for i in release:
-            out[i] = _spooled(out[i])
-        self._next_in_line(spool, [results[i] for i in remove])
-        refused, failed = set(added.refused), set(added.failed)
-        for i in add:
-            if out[i].event_id in refused:
-                out[i] = _spool_full(out[i])
-            elif out[i].event_id not in failed:  # a failed row keeps its own outcome
-                results[i]._in_spool = SPILLED
-                out[i] = _spooled(out[i])
+        outcomes(results, out, rows, added)
+        if any(spool.lines.holds_back(key) for key in rows.answered_replays):
+            # A replayed event has its answer: its customer's next spooled event may go
+            # now, rather than at the next replay interval.
+            self.poke()
         return out
-
-    def _next_in_line(self, spool: Spool, removed: list[Tracked]) -> None:
-        # A replayed event has its answer: its customer's next spooled event may go now,
-        # rather than at the next replay interval.
-        for result in removed:
-            event = result.event
-            if (
-                result._in_spool == REPLAYED
-                and event
-                and spool.lines.holds_back(event.customer_key)
-            ):
-                self.poke()
-                return
 
     def hold_back(self, result: Tracked) -> Union[Result, float, None]:
         """Save a live event behind its customer's older events waiting in the spool.
@@ -266,8 +212,9 @@ class SpoolKeeper:
         if not spool.lines.holds_back(event.customer_key):
             return None
         try:
-            if result._in_spool == WRITTEN_AHEAD:  # its row goes back in line, tracking order
-                added = spool.apply(release=[event.event_id], busy_s=HOLD_WAIT_S)
+            if result._in_spool > 0:  # its journal row goes into line, in tracking order
+                ahead = Ahead(result._in_spool, event.event_id, event.customer_key)
+                added = spool.apply(move=[ahead], busy_s=HOLD_WAIT_S)
             else:
                 added = spool.apply(add=[event], busy_s=HOLD_WAIT_S)
         except SpoolBusy:
@@ -285,28 +232,51 @@ class SpoolKeeper:
             )  # fmt: skip
             return None
         result._in_spool = SPILLED
-        return _held_back(result)
+        return held_back(result)
+
+    def _flush(self, rows: list[Ahead]) -> None:
+        """The flusher's transaction: delete answered events' journal rows (SpoolError)."""
+        spool = self._spool
+        if spool is None:
+            raise SpoolError("the spool is closed")
+        try:
+            spool.apply(forget=rows, busy_s=SETTLE_WAIT_S)
+        except SpoolError as exc:
+            if not isinstance(exc, SpoolBusy):
+                self._trouble(exc, "removing answered events")
+            raise
+        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY_S:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file, off the callers' path (flusher, heartbeat)."""
+        spool = self._spool
+        self._checkpointed = time.monotonic()
+        if spool is not None:
+            spool.checkpoint()
 
     def heartbeat(self) -> None:
-        """Open a spool that was busy, settle rows left behind, extend this process's leases."""
+        """Open a spool that was busy, settle rows left behind, renew and recount; checkpoint."""
         if self._spool is None and self._waiting:
             self._open()
         spool = self._spool
         if spool is None:
             return
         with self._count_lock:
-            remove, self._later_remove = self._later_remove, []
-            release, self._later_release = self._later_release, []
+            rows, self._later = self._later, Plan()
+        rows.forget = self._flusher.take()
         try:
-            if remove or release:
-                spool.apply(remove=remove, release=release)
+            spool.apply(remove=rows.remove, release=rows.release, move=rows.move,
+                        forget=rows.forget)  # fmt: skip
             spool.renew()
             spool.refresh()  # what other processes spilled, and dead processes' rows
         except SpoolError as exc:
+            self._flusher.put_back(rows.forget)
+            rows.forget = []
             with self._count_lock:
-                self._later_remove += remove
-                self._later_release += release
+                self._later.extend(rows)
             self._trouble(exc, "renewing leases")
+        self._checkpoint()
 
     def claim(self, limit: int) -> list[Event]:
         """Lease up to ``limit`` spooled events to this process, oldest first."""
@@ -323,10 +293,12 @@ class SpoolKeeper:
         """In a forked child: a new connection and a new lease owner."""
         # A fresh lock: a parent thread may have held this one at the fork, for ever here.
         self._count_lock = threading.Lock()
-        self._later_remove, self._later_release = [], []  # the parent's rows, not ours
+        self._later = Plan()  # the parent's rows, not ours
+        self._flusher.reset()
         if self._spool is not None:
             try:
                 self._spool.reopen()
+                self._spool.journal.nudge = self._flusher.nudge
                 self._refresh()
             except SpoolBusy:
                 self._spool, self._waiting = None, True
@@ -335,8 +307,15 @@ class SpoolKeeper:
                 self._spool = None
 
     def close(self) -> None:
-        """Close the connection; safe to call more than once."""
+        """Delete the answered events' journal rows, close the connections; idempotent."""
+        left = self._flusher.stop(SETTLE_WAIT_S)
         spool, self._spool = self._spool, None
         self._waiting = False
-        if spool is not None:
-            spool.close()
+        if spool is None:
+            return
+        if left:
+            try:
+                spool.apply(forget=left, busy_s=SETTLE_WAIT_S)
+            except SpoolError as exc:  # left in the journal: replayed (again) later
+                self._trouble(exc, "removing answered events at close")
+        spool.close()

@@ -30,7 +30,11 @@ SPOOL_FAST = {"spool_lease_s": 1.0, "spool_replay_interval_s": 0.1}
 
 def spool_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(
+            db.execute(
+                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM ahead)"
+            ).fetchone()[0]
+        )
 
 
 def child_env(host: str) -> dict[str, str]:
@@ -204,7 +208,8 @@ REPLAYER = textwrap.dedent(
 
     def rows_left(path):
         with sqlite3.connect(path) as db:
-            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            return db.execute("SELECT (SELECT COUNT(*) FROM events)"
+                              " + (SELECT COUNT(*) FROM ahead)").fetchone()[0]
 
     client = CMSClient(spool_path=sys.argv[1], spool_lease_s=2.0, spool_replay_interval_s=0.05,
                        flush_interval_s=0.01)

@@ -32,7 +32,11 @@ CLICK = "clk-alice"
 def spool_rows(path: Path) -> int:
     db = sqlite3.connect(path, timeout=5.0)
     try:
-        return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(
+            db.execute(
+                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM ahead)"
+            ).fetchone()[0]
+        )
     finally:
         db.close()
 
@@ -143,7 +147,8 @@ SECOND = textwrap.dedent(
 
     def rows():
         with sqlite3.connect(sys.argv[1], timeout=5.0) as db:
-            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            return db.execute("SELECT (SELECT COUNT(*) FROM events)"
+                              " + (SELECT COUNT(*) FROM ahead)").fetchone()[0]
 
     client = CMSClient(spool_path=sys.argv[1], flush_interval_s=0.01,
                        spool_replay_interval_s=0.5)

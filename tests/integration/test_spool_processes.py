@@ -32,7 +32,11 @@ def child_env(host: str) -> dict[str, str]:
 def spool_rows(path: Path) -> int:
     db = sqlite3.connect(path, timeout=5.0)
     try:
-        return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(
+            db.execute(
+                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM ahead)"
+            ).fetchone()[0]
+        )
     finally:
         db.close()
 
@@ -208,7 +212,8 @@ DRAINER = textwrap.dedent(
     def rows(path):
         db = sqlite3.connect(path, timeout=5.0)
         try:
-            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            return db.execute("SELECT (SELECT COUNT(*) FROM events)"
+                              " + (SELECT COUNT(*) FROM ahead)").fetchone()[0]
         finally:
             db.close()
 

@@ -14,6 +14,7 @@ from cms_shipper import CMSClient
 from cms_shipper._events import Event
 from cms_shipper._log import RateLimitedLog
 from cms_shipper._outcomes import dropped
+from cms_shipper._spool import Spool
 from cms_shipper._spool_open import read_status
 from cms_shipper._spooling import SpoolKeeper
 from cms_shipper.emulator import Emulator
@@ -135,3 +136,30 @@ def test_replay_drains_even_with_a_queue_of_one(tmp_path: Path, cms_emulator: Em
         assert wait_until(lambda: read_status(str(path)).total == 0)
     finally:
         client.close(2.0)
+
+
+def test_spool_commands_count_a_dead_processs_journal_rows(
+    tmp_path: Path, cms_emulator: Emulator
+) -> None:
+    path = tmp_path / "spool.db"
+    dead = Spool(path, owner="dead")
+    assert all(dead.write_ahead(lead(f"a{i}", f"c{i}"), 1.0) > 0 for i in range(3))
+    dead.add([lead("w0", "c9")])  # one waiting in line as well
+    # What SIGKILL leaves: the rows, and an unlocked owner lock file.
+    assert dead._db is not None
+    dead._db.close()
+    dead.journal.close(0.0)
+    dead._owners.release(keep_file=True)
+    status = json.loads(cli("spool", "status", "--path", str(path), host=cms_emulator.url).stdout)
+    assert status["total"] == 4 and status["by_endpoint"] == {"lead": 4}
+    done = cli("spool", "replay", "--path", str(path), "--timeout-s", "10", host=cms_emulator.url)
+    summary = json.loads(done.stdout)
+    assert summary["in_spool_before"] == 4 and summary["delivered"] == 4, done.stdout
+    assert summary["left_in_spool"] == 0 and read_status(str(path)).total == 0
+    again = Spool(path, owner="again")
+    assert again.write_ahead(lead("b0", "c0"), 1.0) > 0
+    again._db.close()  # type: ignore[union-attr]
+    again.journal.close(0.0)
+    again._owners.release(keep_file=True)
+    purged = cli("spool", "purge", "--path", str(path), "--yes", host=cms_emulator.url)
+    assert purged.returncode == 0 and "Deleted 1" in purged.stdout

@@ -8,11 +8,18 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from cms_shipper import CMSClient, _spool_ahead, _spool_flush
 from cms_shipper._events import Event, build_lead, build_sale
-from cms_shipper._spool import Spool, SpoolBusy, SpoolError
+from cms_shipper._log import RateLimitedLog
+from cms_shipper._outcomes import dropped
+from cms_shipper._spool import Ahead, Spool, SpoolBusy, SpoolError
+from cms_shipper._spool_open import read_status
+from cms_shipper._spooling import SPILLED, SpoolKeeper
+from cms_shipper.results import Outcome, Reason, Result, Tracked
 
 
 class Clock:
@@ -37,7 +44,7 @@ def test_private_file_and_round_trip(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", clock, "a")
     sale = build_sale("s1", 1.5, event_name="buy", customer_external_id="u", invoice_id="i",
                       amount=5, currency="eur", timestamp="2026-01-02T03:04:05Z")  # fmt: skip
-    assert store.add([sale, sale], leased=False) == ([], [])  # twice is harmless
+    assert store.add([sale, sale]) == ([], [])  # twice is harmless
     assert stat.S_IMODE((tmp_path / "s.db").stat().st_mode) == 0o600
     assert store.claim(10) == [sale]
     assert store.status().total == 1 and store.status().by_endpoint == {"sale": 1}
@@ -46,7 +53,7 @@ def test_private_file_and_round_trip(tmp_path: Path) -> None:
 def test_claims_are_oldest_first_and_exclusive_between_owners(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(i, f"c{i}") for i in range(6)], leased=False)
+    a.add([lead(i, f"c{i}") for i in range(6)])
     assert [e.event_id for e in a.claim(2)] == ["e0", "e1"]
     assert [e.event_id for e in b.claim(10)] == ["e2", "e3", "e4", "e5"]
     assert a.claim(10) == [] and b.claim(10) == []
@@ -55,20 +62,31 @@ def test_claims_are_oldest_first_and_exclusive_between_owners(tmp_path: Path) ->
 def test_a_customer_leased_elsewhere_is_skipped_even_for_newer_events(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(0, "x"), lead(1, "x"), lead(2, "y")], leased=False)
+    a.add([lead(0, "x"), lead(1, "x"), lead(2, "y")])
     assert [e.event_id for e in a.claim(1)] == ["e0"]
     assert [e.event_id for e in b.claim(10)] == ["e2"]  # not e1: x's e0 is still in flight
     a.remove(["e0"])
     assert [e.event_id for e in b.claim(10)] == ["e1"]
 
 
-def test_leases_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
+def rows(path: Path) -> tuple[int, int]:
+    """(events rows, journal rows)."""
+    with sqlite3.connect(path) as db:
+        counts = db.execute("SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM ahead)")
+        waiting, ahead = counts.fetchone()
+    db.close()
+    return int(waiting), int(ahead)
+
+
+def test_claims_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(0, "x"), lead(1, "y")], leased=True)  # write-ahead: held by a
+    a.add([lead(0, "x"), lead(1, "y")])
+    assert len(a.claim(10)) == 2  # replaying: leased to a
+    assert a.write_ahead(lead(2, "z"), 1.0) > 0  # a live event of a's
     assert b.claim(10) == []
     clock.now += 8
-    assert a.renew() == 2
+    assert a.renew() == 2  # the claims; the journal row rides on a's heartbeat row
     clock.now += 8  # 16 s after adding, 8 s after renewing: still held
     assert b.claim(10) == []
     a.release(["e1"])
@@ -78,43 +96,58 @@ def test_leases_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
 def test_a_live_owner_keeps_its_events_even_past_its_lease(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(0, "x")], leased=True)
+    assert a.write_ahead(lead(0, "x"), 1.0) > 0
+    a.add([lead(1, "y")])
+    assert [e.event_id for e in a.claim(10)] == ["e1"]
     clock.now += 100  # a's heartbeat is late, but its lock file proves it alive
     assert b.claim(10) == []
+    b.refresh()
+    assert rows(tmp_path / "s.db") == (1, 1)
 
 
 def die(store: Spool, *, keep_lock_file: bool = True) -> None:
-    """What SIGKILL does to an owner: its connection and its flock go, its rows stay."""
+    """What SIGKILL does to an owner: its connections and its flock go, its rows stay."""
     assert store._db is not None
     store._db.close()
     store._db = None
+    store.journal.close(0.0)
     store._owners.release(keep_file=keep_lock_file)
 
 
-def test_a_dead_owners_leases_are_taken_over_at_once(tmp_path: Path) -> None:
+def test_a_dead_owners_journal_and_leases_are_taken_over_at_once(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(0, "x"), lead(1, "y")], leased=True)
+    a.add([lead(0, "x")])
+    assert [e.event_id for e in a.claim(10)] == ["e0"]  # replaying when it dies
+    assert a.write_ahead(lead(1, "y"), 1.0) > 0 and a.write_ahead(lead(2, "y"), 1.0) > 0
     die(a)
-    assert [e.event_id for e in b.claim(10)] == ["e0", "e1"]  # no clock change: no lease wait
+    assert rows(tmp_path / "s.db") == (1, 2)
+    # No clock change: no lease wait. The journal rows are moved into line, in order.
+    assert [e.event_id for e in b.claim(10)] == ["e0", "e1", "e2"]
+    assert rows(tmp_path / "s.db") == (3, 0)
     assert not (tmp_path / "s.db.owners" / "a.lock").exists()  # buried once taken over
 
 
-def test_without_a_lock_file_the_lease_is_the_fallback(tmp_path: Path) -> None:
+def test_without_a_lock_file_the_heartbeat_row_is_the_fallback(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(0, "x")], leased=True)
-    die(a, keep_lock_file=False)  # as on a filesystem without locks: liveness unknown
+    a._owners.release()  # as on a filesystem without locks: liveness unknown
+    assert a.write_ahead(lead(0, "x"), 1.0) > 0
+    clock.now += 8
+    a.renew()  # a's heartbeat: one row, whatever its journal holds
+    clock.now += 8  # 16 s after writing, 8 s after the heartbeat: a is alive
     assert b.claim(10) == []
-    clock.now += 11
+    die(a, keep_lock_file=False)
+    clock.now += 3  # 11 s after a's last heartbeat (lease 10 s): dead
     assert [e.event_id for e in b.claim(10)] == ["e0"]
+    assert rows(tmp_path / "s.db") == (1, 0)
 
 
 def test_close_removes_the_lock_file_unless_rows_are_still_leased(tmp_path: Path) -> None:
     clock = Clock()
     owners = tmp_path / "s.db.owners"
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    a.add([lead(0, "x")], leased=True)
+    assert a.write_ahead(lead(0, "x"), 1.0) > 0
     a.close()
     b.close()
     assert sorted(p.name for p in owners.iterdir()) == ["a.lock"]
@@ -136,12 +169,12 @@ def test_max_bytes_refuses_and_frees_on_remove(tmp_path: Path) -> None:
         )
         for i in range(60)
     ]
-    refused = store.add(events, leased=False).refused
+    refused = store.add(events).refused
     kept = 60 - len(refused)
     assert 0 < kept < 60 and refused == [e.event_id for e in events[kept:]]
     # Space comes back page by page: removing half of the rows makes room again.
     store.remove(e.event_id for e in events[: kept // 2])
-    assert store.add([events[kept]], leased=False) == ([], [])
+    assert store.add([events[kept]]) == ([], [])
     assert store.purge() == kept - kept // 2 + 1
 
 
@@ -150,7 +183,7 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptur
     path.write_bytes(b"\x00garbage" * 512)
     with caplog.at_level(logging.ERROR, logger="cms_shipper"):
         store = spool(path, Clock(), "a")
-    assert store.add([lead(0, "x")], leased=False) == ([], [])
+    assert store.add([lead(0, "x")]) == ([], [])
     aside = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert aside and any(aside[0] in r.getMessage() for r in caplog.records)
 
@@ -187,7 +220,7 @@ def test_busy_is_not_corrupt_and_every_wait_is_bounded(tmp_path: Path) -> None:
     try:
         started = time.monotonic()
         with pytest.raises(SpoolBusy):
-            store.add([lead(0, "x")], leased=True, busy_s=0.005)
+            store.write_ahead(lead(0, "x"), 0.005)
         assert time.monotonic() - started < 0.5
         other = spool(path, Clock(), "b")  # opening an existing spool only reads: no wait
         other.close()
@@ -197,7 +230,7 @@ def test_busy_is_not_corrupt_and_every_wait_is_bounded(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
         holder.close()
     assert not [p for p in tmp_path.iterdir() if ".corrupt" in p.name]
-    assert store.add([lead(0, "x")], leased=True) == ([], [])
+    assert store.write_ahead(lead(0, "x"), 0.005) > 0
 
 
 def test_a_new_file_busy_at_creation_is_reported_busy_and_not_moved(tmp_path: Path) -> None:
@@ -221,14 +254,14 @@ def test_one_bad_event_never_costs_the_others(tmp_path: Path) -> None:
     huge = Event.of("bad-2", "sale", {"eventName": "x", "customerExternalId": "u",
                                       "invoiceId": "i", "amount": 10**5000, "currency": "usd"},
                     1.0, None)  # fmt: skip
-    added = store.add([*good[:100], surrogate, huge, *good[100:]], leased=False)
+    added = store.add([*good[:100], surrogate, huge, *good[100:]])
     assert added.refused == [] and "bad-1" in added.failed
     assert store.status().total == 200 + (sys.version_info < (3, 11))  # 3.9/3.10: no digit limit
 
 
 def test_no_token_is_stored(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", Clock(), "a")
-    store.add([lead(0, "x")], leased=False)
+    store.add([lead(0, "x")])
     store.close()
     store.close()  # idempotent
     assert b"Bearer" not in (tmp_path / "s.db").read_bytes()
@@ -237,8 +270,8 @@ def test_no_token_is_stored(tmp_path: Path) -> None:
 def test_claims_follow_tracking_order_not_insertion_order(tmp_path: Path) -> None:
     store = spool(tmp_path / "s.db", Clock(), "a")
     # e1 was written ahead first; e0, tracked earlier, was spilled later (kept in memory).
-    store.add([lead(1, "x")], leased=False)
-    store.add([lead(0, "x")], leased=False)
+    store.add([lead(1, "x")])
+    store.add([lead(0, "x")])
     assert [e.event_id for e in store.claim(1)] == ["e0"]
     store.remove(["e0"])
     assert [e.event_id for e in store.claim(1)] == ["e1"]
@@ -248,15 +281,15 @@ def test_lines_hold_a_customer_back_while_its_older_events_wait_or_replay(tmp_pa
     clock = Clock()
     a = spool(tmp_path / "s.db", clock, "a")
     held = a.lines.holds_back
-    a.add([lead(0, "x")], leased=True)  # written ahead: a live event of ours, holds nothing
-    assert not held("x")
-    a.release(["e0"])  # spilled: it waits in the spool now
+    rowid = a.write_ahead(lead(0, "x"), 1.0)  # written ahead: a live event of ours
+    assert rowid > 0 and not held("x")
+    a.apply(move=[Ahead(rowid, "e0", "x")])  # spilled: it waits in the spool now
     assert held("x") and not held("y")
     assert [e.event_id for e in a.claim(10)] == ["e0"]
     assert held("x")  # replaying: still before x's new events
     a.remove(["e0"])  # delivered
     assert not held("x")
-    a.add([lead(1, "y")], leased=False)
+    a.add([lead(1, "y")])
     assert held("y")
     a.remove(["e1"])  # a late answer for a row that waited: y is free again
     assert not held("y")
@@ -265,11 +298,116 @@ def test_lines_hold_a_customer_back_while_its_older_events_wait_or_replay(tmp_pa
 def test_refresh_sees_other_processes_rows_and_a_dead_owners(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    b.add([lead(0, "x")], leased=False)  # spilled by another process
-    b.add([lead(1, "y")], leased=True)  # b's live event: never a's business
+    b.add([lead(0, "x")])  # spilled by another process
+    assert b.write_ahead(lead(1, "y"), 1.0) > 0  # b's live event: never a's business
     assert not a.lines.holds_back("x")
     a.refresh()
     assert a.lines.holds_back("x") and not a.lines.holds_back("y")
     b.close()  # b is gone with e1 still leased: its owner lock file proves it
     a.refresh()
     assert a.lines.holds_back("y")
+
+
+# -- the client's use of the journal (SpoolKeeper) -------------------------------------
+
+
+def keeper(path: Path) -> SpoolKeeper:
+    settings = CMSClient(token="t" * 32, spool_path=str(path), disabled=True).settings
+    return SpoolKeeper(settings, RateLimitedLog())
+
+
+def delivered(event: Event) -> Result:
+    return Result(success=True, status_code=200, event_id=event.event_id, event=event,
+                  outcome=Outcome.DELIVERED, reason=Reason.ACCEPTED)  # fmt: skip
+
+
+def written_ahead(keep: SpoolKeeper, event: Event) -> Tracked:
+    item = Tracked(event)
+    keep.write_ahead(item)
+    assert item._in_spool > 0  # its handle: the journal row's rowid
+    return item
+
+
+def test_a_spilled_written_ahead_event_moves_into_line(tmp_path: Path) -> None:
+    keep = keeper(tmp_path / "s.db")
+    item = written_ahead(keep, lead(0, "x"))
+    assert rows(tmp_path / "s.db") == (0, 1)
+    failed = dropped(item.event, Reason.SHUTDOWN, "not delivered within 1 s of close")
+    (out,) = keep.settle([item], [failed])
+    assert out.outcome is Outcome.SPOOLED and item._in_spool == SPILLED
+    assert rows(tmp_path / "s.db") == (1, 0)  # moved: waiting in line, no longer ours
+    assert keep._spool is not None and keep._spool.lines.holds_back("x")
+    keep.close()
+
+
+def test_a_held_back_written_ahead_event_moves_behind_its_customers(tmp_path: Path) -> None:
+    keep = keeper(tmp_path / "s.db")
+    older = Tracked(lead(0, "x"))
+    (out,) = keep.settle([older], [dropped(older.event, Reason.QUEUE_FULL, "queue full")])
+    assert out.outcome is Outcome.SPOOLED
+    newer = written_ahead(keep, lead(1, "x"))
+    held = keep.hold_back(newer)
+    assert isinstance(held, Result) and held.reason is Reason.BEHIND_SPOOLED
+    assert newer._in_spool == SPILLED and rows(tmp_path / "s.db") == (2, 0)
+    assert [e.event_id for e in keep.claim(10)] == ["e0", "e1"]  # in tracking order
+    keep.close()
+
+
+def test_answered_journal_rows_go_in_batches_and_close_flushes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = keeper(tmp_path / "s.db")
+    items = [written_ahead(keep, lead(i, f"c{i}")) for i in range(3)]
+    keep.settle(items[:1], [delivered(items[0].event)])  # type: ignore[arg-type]
+    assert wait_until(lambda: rows(tmp_path / "s.db") == (0, 2), 5.0)  # the flusher's batch
+    monkeypatch.setattr(_spool_flush, "FLUSH_EVERY_S", 60.0)
+    keep._flusher.stop(1.0)
+    keep._flusher.reset()  # a new thread, waiting 60 s to gather
+    out = keep.settle(items[1:], [delivered(i.event) for i in items[1:]])  # type: ignore[arg-type]
+    assert [o.outcome for o in out] == [Outcome.DELIVERED] * 2
+    assert rows(tmp_path / "s.db") == (0, 2)  # not yet: batched
+    started = time.monotonic()
+    keep.close()
+    assert time.monotonic() - started < 1.0
+    assert rows(tmp_path / "s.db") == (0, 0)
+    assert list((tmp_path / "s.db.owners").iterdir()) == []  # nothing left of ours
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_file_from_before_the_journal_gets_its_tables_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    old = spool(path, Clock(), "a")
+    old.add([lead(0, "x")])
+    old.close()
+    with sqlite3.connect(path) as db:  # as the previous version left it
+        db.execute("DROP TABLE ahead")
+        db.execute("DROP TABLE owners")
+    db.close()
+    assert read_status(str(path)).total == 1  # read-only: counts without the journal
+    store = spool(path, Clock(), "b")
+    assert store.write_ahead(lead(1, "y"), 1.0) > 0
+    assert rows(path) == (1, 1) and read_status(str(path)).total == 2
+    store.close()
+
+
+def test_the_journal_asks_for_a_checkpoint_every_so_many_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool_ahead, "NUDGE_EVERY", 3)
+    store = spool(tmp_path / "s.db", Clock(), "a")
+    nudged: list[int] = []
+    store.journal.nudge = lambda: nudged.append(1)
+    for i in range(7):
+        assert store.write_ahead(lead(i, f"c{i}"), 1.0) > 0
+    assert len(nudged) == 2
+    store.checkpoint()  # copies the WAL into the file; the rows stay
+    assert rows(tmp_path / "s.db") == (0, 7)
+    store.close()
