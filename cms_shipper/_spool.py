@@ -1,15 +1,15 @@
 """The on-disk spool: a SQLite file (WAL) of event payloads, shared safely by processes.
 
 Storage only: no threads, no HTTP, no policy (``_spooling`` decides what goes in and out).
-Two tables hold events. ``events``: events waiting for a replay (spilled, left at
-shutdown, held back behind their customer's, a dead process's), each *claimed* by one
-process at a time through a lease. ``ahead``: the write-ahead journal (``_spool_ahead``),
-the live events of the process that wrote them; removed once answered, moved into
-``events`` when spilled or held back. A process's leases and journal rows are taken over
-at once when it dies (its owner lock file, ``_spool_owners``, is then free), or once its
-heartbeat row (``owners``) or lease has passed where the OS cannot tell (no ``fcntl``, a
-network filesystem). Claims take, per customer, a prefix of its events in tracking order
-and skip customers leased by another process.
+The ``events`` table holds events waiting for a replay (spilled, left at shutdown, held
+back behind their customer's, a dead process's), each *claimed* by one process at a time
+through a lease. Written-ahead events, the live events of the process that wrote them, are
+in that process's memory-mapped journal (``_spool_ahead``) instead: marked done once
+answered, moved into ``events`` when spilled or held back. A process's leases and journal
+are taken over at once when it dies (its owner lock file, ``_spool_owners``, is then
+free), or once its heartbeat row (``owners``) or lease has passed where the OS cannot tell
+(no ``fcntl``, a network filesystem). Claims take, per customer, a prefix of its events in
+tracking order and skip customers leased by another process.
 
 ``lines`` (``_spool_order.Lines``) says which customers this process must hold back
 for order; it is kept in step with every transaction on the main connection and recounted
@@ -19,16 +19,14 @@ Every wait for the file's lock is bounded (``busy_s``, per call); a busy file ra
 ``SpoolBusy`` and is never treated as corrupt. One event that cannot be stored (encoding,
 SQLite) is reported in ``Added.failed`` and the rest of the batch is stored.
 
-Durability: WAL with ``synchronous=NORMAL`` survives the process being killed (SIGKILL),
-not a power loss of the machine. Rows hold the event's payload, never the token. An
-answered event's journal row is deleted in a batch (``_spool_flush``, within about 30 ms):
-killed within that window, its event is replayed, a duplicate. The journal's connections
-never checkpoint; ``checkpoint`` (heartbeat, settling) does, and the
-main connection keeps SQLite's automatic one, so the WAL stays bounded.
+Durability: WAL with ``synchronous=NORMAL`` and the journal's shared mappings survive the
+process being killed (SIGKILL), not a power loss of the machine. Rows and records hold the
+event's payload, never the token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -43,7 +41,7 @@ from typing import Any, Callable, Optional, Union
 from cms_shipper import _spool_rows as rows
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool_ahead import FAILED, FULL, Journal
+from cms_shipper._spool_ahead import FAILED, FULL, Journal, JournalError
 from cms_shipper._spool_open import (
     SpoolBusy,
     SpoolError,
@@ -54,12 +52,11 @@ from cms_shipper._spool_open import (
     used_bytes,
 )
 from cms_shipper._spool_order import Lines
-from cms_shipper._spool_owners import Owners, take_over_dead
+from cms_shipper._spool_owners import Owners, name_of, take_over_dead
 from cms_shipper._spool_rows import Added, Ahead
 
 __all__ = ["FAILED", "FULL", "Added", "Ahead", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus"]
 
-RESTART_FRAMES = 4096  # a WAL longer than this (16 MiB of 4 KiB pages) is restarted
 _FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
 
 
@@ -95,8 +92,7 @@ class Spool:
         self._open()
 
     def _journal(self) -> Journal:
-        return Journal(self.path, self.owner, max_bytes=self._max_bytes, lease_s=self._lease_s,
-                       clock=self._clock)  # fmt: skip
+        return Journal(self._owners.directory, name_of(self.owner), max_bytes=self._max_bytes)
 
     def _open(self) -> None:
         # Hold our owner lock first: from here on, probes see this process as alive.
@@ -106,12 +102,17 @@ class Spool:
         except BaseException:
             self._owners.release()
             raise
+        # The heartbeat row, before any journal record; busy now: the journal waits for
+        # the next heartbeat's renewal (write-ahead misses meanwhile, counted).
+        with contextlib.suppress(SpoolError):
+            self.renew()
 
     def reopen(self) -> None:
         """After ``os.fork()``: new connections and a new owner (never share either)."""
         self._lock = threading.Lock()
         # The parent's connections are kept, unused and unclosed (closing hurts the parent).
-        _FORKED.append((self._db, self.journal))
+        _FORKED.append(self._db)
+        self.journal.forget_inherited()
         self._db = None
         self.lines = Lines()  # the parent's claims are the parent's
         self._owners.forget_inherited()
@@ -155,7 +156,7 @@ class Spool:
                     raise
                 db.execute("COMMIT")
                 if self._max_bytes is not None:
-                    self.journal.measured, self.journal.added = size, 0
+                    self.journal.measured = size
                 if committed is not None:
                     committed()
                 return out
@@ -165,13 +166,18 @@ class Spool:
         finally:
             self._lock.release()
 
-    def write_ahead(self, event: Event, busy_s: float) -> int:
-        """Journal a live event of this process: its rowid, ``FULL`` or ``FAILED``."""
+    def write_ahead(self, event: Event) -> int:
+        """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
         if self._pid != os.getpid():
             self.reopen()
-        if self._db is None:
-            raise SpoolError("the spool is closed")
-        return self.journal.write(event, busy_s)
+        try:
+            return self.journal.write(event)
+        except JournalError as exc:
+            raise SpoolError(f"spool {self.path}: {exc}") from exc
+
+    def forget(self, handles: Sequence[Ahead]) -> None:
+        """Written-ahead events with their final answer: never replayed."""
+        self.journal.done([ahead.handle for ahead in handles])
 
     def add(self, events: Sequence[Event], *, busy_s: Optional[float] = None) -> Added:
         """Store events unleased, waiting in line (twice is harmless); those not stored, and why."""
@@ -183,31 +189,35 @@ class Spool:
         remove: Iterable[str] = (),
         release: Iterable[str] = (),
         add: Sequence[Event] = (),
-        forget: Sequence[Ahead] = (),
         move: Sequence[Ahead] = (),
         busy_s: Optional[float] = None,
     ) -> Added:
-        """In one transaction: remove ``events`` rows, release our leases, add events unleased,
-        delete journal rows (``forget``) and move journal rows into ``events`` (``move``)."""
+        """In one transaction: remove ``events`` rows, release our leases, add events unleased
+        and move written-ahead events into ``events`` (``move``, then done in the journal)."""
         gone, freed = list(remove), list(release)
-        if not (gone or freed or add or forget or move):
+        if not (gone or freed or add or move):
             return Added([], [])
         delta: Counter[str] = Counter()
+        kept: set[str] = set()  # moves that failed on their own stay in the journal
 
         def work(db: sqlite3.Connection) -> Added:
             delta.clear()
             me, now = self.owner, self._clock()
             rows.remove(db, me, now, gone, delta)
             rows.release(db, me, freed, delta)
-            rows.forget(db, me, forget)
-            rows.move(db, me, now, move, delta)
+            if move:  # in the journal's size already: never refused for max_bytes
+                moved = rows.insert(db, [ahead.event for ahead in move], now, 0, None, delta)
+                kept.update(moved.failed)
             if not add:
                 return Added([], [])
             return rows.insert(db, add, now, used_bytes(db), self._max_bytes, delta)
 
-        result: Added = self._run(
-            work, busy_s, lambda: self.lines.changed(delta, itertools.chain(gone, freed))
-        )
+        def committed() -> None:
+            self.lines.changed(delta, itertools.chain(gone, freed))
+            if move:
+                self.journal.done([a.handle for a in move if a.event.event_id not in kept])
+
+        result: Added = self._run(work, busy_s, committed)
         return result
 
     def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
@@ -269,28 +279,8 @@ class Spool:
 
         renewed: int = self._run(work, busy_s)
         self.journal.registered = True
-        self.journal.prune()
+        self.journal.tidy()  # files whose records are all done
         return renewed
-
-    def checkpoint(self, busy_s: float = 0.05) -> None:
-        """Copy the WAL into the file (never on a caller's path); restart a long WAL."""
-        if self._pid != os.getpid() or not self._lock.acquire(timeout=busy_s):
-            return
-        try:
-            db = self._db
-            if db is None:
-                return
-            db.execute(f"PRAGMA busy_timeout = {int(busy_s * 1000)}")
-            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if frames > RESTART_FRAMES:
-                # Writers never pause for a passive checkpoint, so under a steady stream the
-                # WAL is never wholly copied and never starts over: restart it, holding
-                # writers back for the few frames copied since (callers wait, bounded).
-                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-        except sqlite3.Error as exc:
-            logger.debug("spool %s: checkpoint: %s", self.path, exc)
-        finally:
-            self._lock.release()
 
     def release(self, event_ids: Iterable[str]) -> None:
         """Give leases back so any process may take these events now."""
@@ -307,20 +297,25 @@ class Spool:
         return result
 
     def purge(self) -> int:
-        """Delete every event (journal rows included); returns how many."""
+        """Delete every waiting event (dead processes' journals included); returns how many.
+
+        Live processes' journals are theirs: those events are on their way."""
+        now = self._clock()
+        dead: list[str] = []
 
         def work(db: sqlite3.Connection) -> int:
-            return int(db.execute("DELETE FROM events").rowcount) + int(
-                db.execute("DELETE FROM ahead").rowcount
-            )
+            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+            return int(db.execute("DELETE FROM events").rowcount)
 
-        count: int = self._run(work, None)
+        count: int = self._run(work, None, lambda: self.lines.recount({}))
+        self._bury(dead)
         return count
 
     def close(self, wait_s: float = 0.25) -> None:
         """Close the connections and end our ownership; idempotent, waits at most ``wait_s``."""
+        live = self.journal.holds_live() if self._pid == os.getpid() else False
         if self._pid == os.getpid():
-            self.journal.close(wait_s)
+            self.journal.close()  # kept on disk while it holds live records
         got = self._lock.acquire(timeout=wait_s)
         db, self._db = self._db, None
         if got:
@@ -331,11 +326,13 @@ class Spool:
         try:
             # With rows still ours, the lock file stays (unlocked once closed) and our
             # heartbeat row ends now, so another process takes them over at once.
-            held = db.execute(
-                "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0"
-                " UNION ALL SELECT 1 FROM ahead WHERE owner = ? LIMIT 1",
-                (self.owner, self.owner),
-            ).fetchone()
+            held = (
+                live
+                or db.execute(
+                    "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0 LIMIT 1",
+                    (self.owner,),
+                ).fetchone()
+            )
             db.execute("PRAGMA busy_timeout = 250")
             if held:
                 db.execute("UPDATE owners SET until = 0 WHERE owner = ?", (self.owner,))

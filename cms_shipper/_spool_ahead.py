@@ -1,177 +1,274 @@
-"""The write-ahead journal: one INSERT per event, on a connection of the caller's thread.
+"""The write-ahead journal: each event copied into a memory-mapped file before track_* returns.
 
-``track_*`` with ``write_ahead`` stores its event here before it returns: one ``INSERT`` into
-the lean ``ahead`` table (a plain rowid table, one b-tree) in its own transaction. Each
-caller thread has its own connection, so callers share no Python lock (one shared
-connection behind a lock measured worse: when its holder stalls, every caller queued
-behind it runs out of time). SQLite's write lock is waited for by SQLite's busy handler,
-at most the ``busy_s`` of the thread's first call (set once, at connect). The row's handle
-is its rowid.
+``track_*`` with ``write_ahead`` must not wait on the disk, nor give up the GIL: a thread
+that releases it for an I/O call (SQLite's, or ``os.write``'s) may wait milliseconds to
+get it back while the sender threads run Python code. So the journal is a set of files of
+this owner, ``<spool>.owners/<owner>.<n>.journal``, mapped into memory (``mmap``,
+``MAP_SHARED``): a write is a memory copy into the page cache, which the kernel keeps and
+writes back even if the process is killed (SIGKILL, OOM). A power loss of the machine may
+lose recent records, as with the spool's ``synchronous=NORMAL``.
 
-Nothing else runs on these connections: no per-call PRAGMA, no size query (``max_bytes``
-is checked against the size the spool's background transactions last measured plus the
-bytes written here since: ``measured``), and never a checkpoint (``wal_autocheckpoint=0``;
-the spool checkpoints from the background, nudged every ``NUDGE_EVERY`` rows). The owner's
-heartbeat row (``owners``) is written before its first journal row.
+A record is ``[length u32][crc32 u32][state u8][body]``; the body is the event as JSON.
+The length is written while the writer holds the journal's lock (so the file can always be
+walked), then the body, the checksum and last the state ``LIVE``. A final answer sets the
+state to ``DONE`` (one byte: no I/O, no transaction); a spill moves the event into the
+spool's ``events`` table and then marks it ``DONE``. A file whose records are all done is
+deleted once a newer one is in use. When the owner dies, another process reads its live
+records (``read_live``), moves them into ``events`` and deletes its files.
+
+Files are allocated in full when created (``posix_fallocate`` where available), so a full
+disk shows up as a failed ``track_*`` write-ahead (counted, kept in memory), never as a
+SIGBUS later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
-import sqlite3
+import mmap
+import os
+import struct
 import threading
-from typing import Callable, Optional
+import zlib
+from typing import NamedTuple, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool_open import SpoolBusy, SpoolError, is_busy
 
-__all__ = ["FAILED", "FULL", "ROW_ERRORS", "ROW_OVERHEAD", "Journal"]
+__all__ = ["FAILED", "FULL", "Journal", "JournalError", "Live", "journal_files", "read_live"]
 
 FULL = 0  # write(): over max_bytes, not stored
-FAILED = -1  # write(): this event cannot be stored (encoding, SQLite)
-ROW_OVERHEAD = 120  # bytes a row costs beyond its payload: ids, times, b-tree cells
-# Errors confined to one row: the value cannot be encoded or bound. OperationalError
-# (busy, disk full, I/O) concerns the whole transaction and is raised instead.
-ROW_ERRORS = (ValueError, TypeError, OverflowError, RecursionError,
-              sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
-              sqlite3.ProgrammingError)  # fmt: skip
-_INSERT = "INSERT INTO ahead VALUES (?, ?, ?, ?, ?, ?, ?)"
-NUDGE_EVERY = 1000  # rows written between two calls of ``nudge`` (a checkpoint, off-path)
+FAILED = -1  # write(): this event cannot be stored (encoding, or the journal failed)
+SEGMENT_BYTES = 1 << 20  # one journal file; its records' handles are n * SEGMENT_BYTES + offset
+_LENGTH = struct.Struct("<I")
+_HEADER = 9  # length, crc32, state
+_LIVE, _DONE = 1, 2
+_SUFFIX = ".journal"
 
 
-class _Connection:
-    """One thread's connection; its lock is only ever contended by ``close``."""
+class JournalError(Exception):
+    """The journal cannot take a write now (closed, not registered, no file)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db: Optional[sqlite3.Connection] = db
-        self.lock = threading.Lock()
-        self.thread = threading.current_thread()
+
+def _encode(event: Event) -> bytes:
+    record = [event.event_id, event.endpoint, event.customer_key, event.payload,
+              event.tracked_at, event.timestamp]  # fmt: skip
+    return json.dumps(record, separators=(",", ":")).encode("ascii")
+
+
+class _Segment:
+    """One mapped journal file, written by one thread only."""
+
+    __slots__ = ("end", "mm", "number", "path", "thread")
+
+    def __init__(self, path: str, number: int, mm: mmap.mmap) -> None:
+        self.path = path
+        self.number = number
+        self.mm = mm
+        self.end = 0  # the next record's offset
+        self.thread = threading.current_thread()  # its writer, while it is current
+
+
+def _all_done(mm: mmap.mmap, end: int) -> bool:
+    """True when every record up to ``end`` is done (or was never completed)."""
+    offset = 0
+    while offset + _HEADER <= end:
+        (length,) = _LENGTH.unpack_from(mm, offset)
+        if length == 0:
+            return True
+        if mm[offset + 8] == _LIVE:
+            return False
+        offset += _HEADER + length
+    return True
 
 
 class Journal:
-    """Write-ahead rows of one owner: per-thread connections, no lock shared by callers."""
+    """This owner's write-ahead records, in memory-mapped files; thread-safe.
 
-    def __init__(
-        self,
-        path: str,
-        owner: str,
-        *,
-        max_bytes: Optional[int],
-        lease_s: float,
-        clock: Callable[[], float],
-    ) -> None:
-        self._path = path
-        self._owner = owner
+    Each writing thread appends to a file of its own, so writers share no lock (a lock
+    they wait for gives up the GIL, and getting it back can take milliseconds); the
+    journal's lock is taken only to start a file (one write in several thousand) and to
+    tidy up. ``done`` marks a record with one byte. Files whose records are all done are
+    deleted by ``tidy`` (the heartbeat) and ``close`` once their thread has moved on.
+    """
+
+    def __init__(self, directory: str, name: str, *, max_bytes: Optional[int]) -> None:
+        self._prefix = os.path.join(directory, name)
+        self._directory = directory
         self._max_bytes = max_bytes
-        self._lease_s = lease_s
-        self._clock = clock
+        self._lock = threading.Lock()
         self._local = threading.local()
-        self._all: list[_Connection] = []  # strong references: closed by us, never by GC
-        self._all_lock = threading.Lock()
+        self._segments: dict[int, _Segment] = {}
+        self._numbers = 0
         self._closed = False
-        self.registered = False  # our owners row is in the file
-        # Bytes in use: as a background transaction last measured, plus written since.
-        # Updated without a lock (a lost update only shifts the next measurement's base).
-        self.measured = 0
-        self.added = 0
-        # The spool's background checkpoints the WAL: called every NUDGE_EVERY rows, so a
-        # stream of writes without answers (a server down) cannot grow the WAL either.
-        self.nudge: Callable[[], None] = lambda: None
-        self._since_nudge = 0
+        self.registered = False  # the owner's heartbeat row is in the spool (a fallback)
+        self.measured = 0  # bytes the spool's tables used, as last measured
 
-    def _connect(self, busy_s: float) -> _Connection:
-        with self._all_lock:
+    def _roll(self) -> _Segment:
+        """A new file for this thread: created, allocated in full, mapped."""
+        with self._lock:
             if self._closed:
-                raise SpoolError(f"spool {self._path}: the spool is closed")
+                raise JournalError("the spool is closed")
+            if self._max_bytes is not None and (
+                self.measured + (len(self._segments) + 1) * SEGMENT_BYTES > self._max_bytes
+            ):
+                raise _Full
+            self._numbers += 1
+            number = self._numbers
+            path = f"{self._prefix}.{number}{_SUFFIX}"
             try:
-                db = sqlite3.connect(self._path, timeout=busy_s, isolation_level=None,
-                                     check_same_thread=False)  # fmt: skip
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA wal_autocheckpoint=0")  # callers never pay a checkpoint
-            except sqlite3.Error as exc:
-                kind = SpoolBusy if is_busy(exc) else SpoolError
-                raise kind(f"spool {self._path}: {exc}") from exc
-            conn = _Connection(db)
-            self._all.append(conn)
-        self._local.conn = conn
-        return conn
+                os.makedirs(self._directory, mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(fd, 0, SEGMENT_BYTES)
+                    else:  # sparse: a full disk could fault on a later write (documented)
+                        os.ftruncate(fd, SEGMENT_BYTES)
+                    mm = mmap.mmap(fd, SEGMENT_BYTES)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise JournalError(f"cannot start a journal file: {exc}") from exc
+            segment = _Segment(path, number, mm)
+            self._segments[number] = segment
+        self._local.segment = segment
+        return segment
 
-    def write(self, event: Event, busy_s: float) -> int:
-        """Store ``event``; its rowid, ``FULL`` or ``FAILED``. Raises SpoolBusy/SpoolError."""
-        conn: Optional[_Connection] = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect(busy_s)
+    def write(self, event: Event) -> int:
+        """Store ``event``; its handle (> 0), ``FULL`` or ``FAILED``. No I/O, no lock,
+        except to start a new file (one write in several thousand)."""
         try:
-            payload = json.dumps(event.payload, separators=(",", ":"))
-            row = (event.event_id, event.endpoint, event.customer_key, payload,
-                   event.tracked_at, event.timestamp, self._owner)  # fmt: skip
-        except ROW_ERRORS as exc:
+            body = _encode(event)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             logger.debug("cannot store event %r: %s", event.event_id, exc)
             return FAILED
-        if self._max_bytes is not None and (
-            self.measured + self.added + len(payload) > self._max_bytes
-        ):
+        size = _HEADER + len(body)
+        if size > SEGMENT_BYTES:
+            return FAILED
+        if not self.registered:
+            raise JournalError("the spool has not registered this process yet")
+        segment: Optional[_Segment] = getattr(self._local, "segment", None)
+        try:
+            if segment is None or segment.end + size > SEGMENT_BYTES:
+                segment = self._roll()
+        except _Full:
             return FULL
-        if not conn.lock.acquire(timeout=busy_s):
-            raise SpoolBusy(f"spool {self._path}: closing")
+        offset = segment.end
+        mm = segment.mm
         try:
-            if conn.db is None:
-                raise SpoolError(f"spool {self._path}: the spool is closed")
-            if not self.registered:
-                self._once(conn.db, "INSERT OR REPLACE INTO owners VALUES (?, ?)",
-                           (self._owner, self._clock() + self._lease_s))  # fmt: skip
-                self.registered = True
-            rowid = self._once(conn.db, _INSERT, row)
-        except ROW_ERRORS as exc:
-            logger.debug("cannot store event %r: %s", event.event_id, exc)
-            return FAILED
-        finally:
-            conn.lock.release()
-        self.added += len(payload) + ROW_OVERHEAD
-        self._since_nudge += 1
-        if self._since_nudge >= NUDGE_EVERY:
-            self._since_nudge = 0
-            self.nudge()
-        return rowid
+            mm[offset : offset + 4] = _LENGTH.pack(len(body))  # the file stays walkable
+            mm[offset + _HEADER : offset + size] = body
+            mm[offset + 4 : offset + 8] = _LENGTH.pack(zlib.crc32(body))
+            mm[offset + 8] = _LIVE
+        except ValueError as exc:  # closed meanwhile
+            raise JournalError("the spool is closed") from exc
+        segment.end = offset + size
+        return segment.number * SEGMENT_BYTES + offset + 1
 
-    def _once(self, db: sqlite3.Connection, sql: str, row: tuple[object, ...]) -> int:
-        """One autocommit statement; SQLite waits for a busy file (busy_timeout, at connect)."""
-        try:
-            return int(db.execute(sql, row).lastrowid or 0)
-        except sqlite3.Error as exc:
-            if isinstance(exc, ROW_ERRORS):
-                raise
-            kind = SpoolBusy if is_busy(exc) else SpoolError
-            raise kind(f"spool {self._path}: {exc}") from exc
+    def done(self, handles: list[int]) -> None:
+        """These events have their answer (or a row in ``events`` now): not replayed."""
+        for handle in handles:
+            number, offset = divmod(handle - 1, SEGMENT_BYTES)
+            segment = self._segments.get(number)
+            if segment is not None:
+                with contextlib.suppress(ValueError, IndexError):  # tidied or closed meanwhile
+                    segment.mm[offset + 8] = _DONE
 
-    def prune(self, wait_s: float = 0.0) -> None:
-        """Close the connections of threads that have ended (heartbeat)."""
-        with self._all_lock:
-            gone = [c for c in self._all if not c.thread.is_alive()]
-        for conn in gone:
-            if self._close_one(conn, wait_s):
-                with self._all_lock:
-                    self._all.remove(conn)
+    def tidy(self) -> None:
+        """Delete files whose records are all done and whose thread has moved on or ended."""
+        with self._lock:
+            newest: dict[threading.Thread, int] = {}
+            for segment in self._segments.values():
+                newest[segment.thread] = max(newest.get(segment.thread, 0), segment.number)
+            for segment in list(self._segments.values()):
+                in_use = segment.thread.is_alive() and newest[segment.thread] == segment.number
+                if not in_use and _all_done(segment.mm, segment.end):
+                    self._drop(segment)
 
-    def close(self, wait_s: float) -> None:
-        """Close every connection; one busy in a statement past ``wait_s`` is left to exit."""
-        with self._all_lock:
+    def _drop(self, segment: _Segment) -> None:
+        """Unmap and delete a file whose records are all done (under the lock)."""
+        self._segments.pop(segment.number, None)
+        with contextlib.suppress(OSError, ValueError):
+            segment.mm.close()
+        with contextlib.suppress(OSError):
+            os.unlink(segment.path)
+
+    def holds_live(self) -> bool:
+        """True while some record here is live (its event has no answer yet)."""
+        with self._lock:
+            return not all(_all_done(s.mm, s.end) for s in self._segments.values())
+
+    def close(self) -> None:
+        """Unmap the files; delete them unless records are live (another process takes
+        those over). Idempotent; writes after it fail."""
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            self._close_one(conn, wait_s)
+            live = not all(_all_done(s.mm, s.end) for s in self._segments.values())
+            for segment in list(self._segments.values()):
+                if live:
+                    with contextlib.suppress(OSError, ValueError):
+                        segment.mm.close()
+                else:
+                    self._drop(segment)
+            self._segments.clear()
 
-    @staticmethod
-    def _close_one(conn: _Connection, wait_s: float) -> bool:
-        if not conn.lock.acquire(timeout=wait_s):
-            return False
+    def forget_inherited(self) -> None:
+        """In a forked child: drop the parent's mappings without touching its files."""
+        for segment in list(self._segments.values()):
+            with contextlib.suppress(Exception):
+                segment.mm.close()  # unmaps the child's copy only
+        self._segments, self._closed = {}, True
+        self._local = threading.local()
+
+
+class _Full(Exception):
+    """A new file would take the spool past ``max_bytes``."""
+
+
+class Live(NamedTuple):
+    """The live records of a dead owner's journal files."""
+
+    events: list[Event]
+    files: list[str]
+
+
+def journal_files(directory: str) -> dict[str, list[str]]:
+    """Journal files in ``directory``, by owner name (as in its lock file's name)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*" + _SUFFIX))):
+        name = os.path.basename(path)[: -len(_SUFFIX)].rsplit(".", 1)[0]
+        out.setdefault(name, []).append(path)
+    return out
+
+
+def read_live(files: list[str]) -> Live:
+    """Every live record in ``files``, oldest first; torn or corrupt ones are skipped."""
+    events: list[Event] = []
+    for path in files:
         try:
-            db, conn.db = conn.db, None
-            if db is not None:
-                db.close()
-        except sqlite3.Error:
-            pass
-        finally:
-            conn.lock.release()
-        return True
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            logger.warning("cannot read the spool journal %s: %s", path, exc)
+            continue
+        offset = 0
+        while offset + _HEADER <= len(data):
+            (length,) = _LENGTH.unpack_from(data, offset)
+            if length == 0:
+                break  # the end of what was written
+            body = bytes(data[offset + _HEADER : offset + _HEADER + length])
+            if data[offset + 8] == _LIVE and _LENGTH.unpack_from(data, offset + 4)[0] == zlib.crc32(
+                body
+            ):
+                try:
+                    event_id, endpoint, _customer, payload, tracked_at, timestamp = json.loads(body)
+                    events.append(Event.of(event_id, endpoint, payload, tracked_at, timestamp))
+                except (ValueError, TypeError) as exc:
+                    logger.warning("skipped a bad record in %s: %s", path, exc)
+            offset += _HEADER + length
+    return Live(events, files)

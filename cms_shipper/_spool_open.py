@@ -15,6 +15,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from cms_shipper._log import logger
+from cms_shipper._spool_ahead import journal_files, read_live
 from cms_shipper._spool_owners import Owners
 
 __all__ = ["SpoolBusy", "SpoolError", "SpoolStatus", "Unreadable", "open_spool", "read_status"]
@@ -41,23 +42,13 @@ CREATE INDEX IF NOT EXISTS events_order ON events (tracked_at, seq);
 INSERT OR IGNORE INTO meta VALUES ('schema', '1');
 """
     + """
-CREATE TABLE IF NOT EXISTS ahead (
-    event_id TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    customer_key TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    tracked_at REAL NOT NULL,
-    timestamp TEXT,
-    owner TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 )
-# ahead: the write-ahead journal, append-only (no index, no AUTOINCREMENT: one b-tree per
-# insert); a row is a live event of its owner's until it is removed or moved into events.
-# owners: one row per process using the file, its heartbeat (the lease fallback).
-_V2 = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS ahead") :]
-_OURS = {"meta", "events", "sqlite_sequence", "ahead", "owners"}
+# owners: one row per process using the file, its heartbeat (the lease fallback). Written-
+# ahead events live in each process's journal files, beside its lock file (_spool_ahead).
+_V2 = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS owners") :]
+_OURS = {"meta", "events", "sqlite_sequence", "owners"}
 
 
 class SpoolError(Exception):
@@ -115,7 +106,7 @@ def _check(db: sqlite3.Connection, writable: bool) -> None:
     names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     if writable and "events_order" not in names:  # a file from before claims went in order
         db.execute("CREATE INDEX IF NOT EXISTS events_order ON events (tracked_at, seq)")
-    if writable and {"ahead", "owners"} - names:  # a file from before the journal
+    if writable and "owners" not in names:  # a file from before the heartbeat rows
         db.executescript("BEGIN IMMEDIATE;" + _V2 + "COMMIT;")
     check = db.execute("PRAGMA quick_check").fetchone()
     if not check or check[0] != "ok":
@@ -196,29 +187,39 @@ def _move_aside(path: str, exc: Exception) -> str:
 
 
 def query_status(db: sqlite3.Connection, path: str, now: float) -> SpoolStatus:
-    """Counts by endpoint, leases, ages and size, read in one go (journal rows included)."""
-    # A journal row is held by its writer while the writer's heartbeat (owners.until) is
-    # recent: counted as leased. Its age is from its tracking time (it has no added_at).
-    journal = bool(
-        db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ahead'").fetchone()
-    )
-    union = "SELECT endpoint, added_at AS at FROM events"
-    if journal:
-        union += " UNION ALL SELECT endpoint, tracked_at FROM ahead"
-    by_endpoint = dict(db.execute(f"SELECT endpoint, COUNT(*) FROM ({union}) GROUP BY endpoint"))  # noqa: S608
+    """Counts by endpoint, leases, ages and size, read in one go (journals included).
+
+    A journal record is held by its writer while the writer is alive (its lock file):
+    counted as leased. Its age is from its tracking time. Journals are read, never changed.
+    """
+    by_endpoint = dict(db.execute("SELECT endpoint, COUNT(*) FROM events GROUP BY endpoint"))
     leased = int(db.execute("SELECT COUNT(*) FROM events WHERE lease_until > ?",
                             (now,)).fetchone()[0])  # fmt: skip
-    if journal:
-        leased += int(db.execute(
-            "SELECT COUNT(*) FROM ahead WHERE owner IN (SELECT owner FROM owners WHERE until > ?)",
-            (now,)).fetchone()[0])  # fmt: skip
-    ages = db.execute(f"SELECT MIN(at), MAX(at) FROM ({union})").fetchone()  # noqa: S608
+    oldest, newest = db.execute("SELECT MIN(added_at), MAX(added_at) FROM events").fetchone()
+    owners = Owners(path)
+    size = used_bytes(db)
+    for name, files in journal_files(owners.directory).items():
+        records = read_live(files).events
+        alive = owners.probe(name) is True
+        for event in records:
+            by_endpoint[event.endpoint] = by_endpoint.get(event.endpoint, 0) + 1
+            oldest = event.tracked_at if oldest is None else min(oldest, event.tracked_at)
+            newest = event.tracked_at if newest is None else max(newest, event.tracked_at)
+        leased += len(records) if alive else 0
+        size += sum(_file_size(file) for file in files)
     return SpoolStatus(
         path=path, total=sum(by_endpoint.values()), by_endpoint=by_endpoint, leased=leased,
-        oldest_age_s=None if ages[0] is None else now - ages[0],
-        newest_age_s=None if ages[1] is None else now - ages[1],
-        size_bytes=used_bytes(db),
+        oldest_age_s=None if oldest is None else now - oldest,
+        newest_age_s=None if newest is None else now - newest,
+        size_bytes=size,
     )  # fmt: skip
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def read_status(path: str, busy_s: float = 2.0) -> SpoolStatus:

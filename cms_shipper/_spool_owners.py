@@ -5,7 +5,7 @@ until it exits; the OS drops the lock when the process dies, even by SIGKILL. An
 process probes with ``LOCK_EX|LOCK_NB``: acquiring it proves the owner dead. This works on
 local filesystems; on NFS, or without ``fcntl`` (Windows), a probe answers "unknown" and the
 spool falls back to a timer: the owner's heartbeat row in the ``owners`` table (one row per
-process, renewed by its replay heartbeat) for its journal rows, lease expiry for its claims.
+process, renewed by its replay heartbeat) for its journal, lease expiry for its claims.
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ import os
 import re
 import secrets
 import sqlite3
+from collections import Counter
 from typing import Optional
+
+from cms_shipper import _spool_rows as rows
+from cms_shipper._spool_ahead import journal_files, read_live
 
 try:
     import fcntl
 except ImportError:  # Windows: liveness is unknown, leases alone decide
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Owners", "move_journal", "take_over_dead"]
+__all__ = ["Owners", "name_of", "take_over_dead"]
 
 _SUFFIX = ".lock"
 
@@ -98,8 +102,10 @@ class Owners:
         return False
 
     def bury(self, owner: str) -> None:
-        """Remove a dead owner's lock file (after its leases were taken over)."""
+        """Remove a dead owner's lock and journal files (after its events were taken over)."""
         _unlink(os.path.join(self.directory, _file_name(owner)))
+        for path in journal_files(self.directory).get(name_of(owner), []):
+            _unlink(path)
 
     def others_alive(self) -> Optional[bool]:
         """True if a live process other than us holds a lock here; None if we cannot tell."""
@@ -125,57 +131,55 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-_MOVE = (
-    "INSERT OR IGNORE INTO events (event_id, endpoint, customer_key, payload, tracked_at,"
-    " timestamp, added_at, lease_owner, lease_until) SELECT event_id, endpoint, customer_key,"
-    " payload, tracked_at, timestamp, ?, NULL, 0 FROM ahead"
-)
-
-
-def move_journal(db: sqlite3.Connection, where: str, args: tuple[object, ...], now: float) -> int:
-    """Move journal rows (``ahead``) matching ``where`` into ``events``, unleased; how many."""
-    moved: int = db.execute(f"{_MOVE} WHERE {where} ORDER BY rowid", (now, *args)).rowcount
-    db.execute(f"DELETE FROM ahead WHERE {where}", args)  # noqa: S608
-    return moved
-
-
 def take_over_dead(
     db: sqlite3.Connection, owners: Owners, me: str, now: float, until: float
 ) -> list[str]:
-    """Take dead owners' events (free their leases, move their journal rows into ``events``).
+    """Take dead owners' events: free their leases, move their journals' live records into
+    ``events`` (unleased, waiting in line).
 
-    Inside the caller's write transaction; extends live owners' leases. Returns the owners
-    proven dead by their lock file (bury them after the commit). An owner the OS cannot
-    tell about (no lock file) is dead once its heartbeat row (``owners.until``) has passed;
-    its claimed rows' leases expire on their own.
+    Inside the caller's write transaction; extends live owners' leases. Returns the dead
+    owners (bury them after the commit: their lock and journal files go). An owner the OS
+    cannot tell about (no lock file) is dead once its heartbeat row (``owners.until``) has
+    passed, or when it has journal files and no heartbeat row at all.
     """
     beats = dict(db.execute("SELECT owner, until FROM owners WHERE owner != ?", (me,)))
     leased = {row[0] for row in db.execute(
         "SELECT DISTINCT lease_owner FROM events WHERE lease_until > 0"
         " AND lease_owner IS NOT NULL AND lease_owner != ?", (me,))}  # fmt: skip
+    journals = journal_files(owners.directory)
+    journals.pop(name_of(me), None)
+    named = {name_of(owner) for owner in leased | set(beats)}
     alive: list[str] = []
     dead: list[str] = []
-    proven: list[str] = []
-    for owner in sorted(leased | set(beats)):
+    for owner in sorted(leased | set(beats)) + sorted(set(journals) - named):
         state = owners.probe(owner)
         if state is True:
             alive.append(owner)
         elif state is False:
             dead.append(owner)
-            proven.append(owner)
-        elif owner in beats and beats[owner] <= now:  # cannot tell: its heartbeat decides
+        elif owner in beats:  # cannot tell: its heartbeat decides
+            if beats[owner] <= now:
+                dead.append(owner)
+        elif owner not in leased:  # journal files, no lock file, no heartbeat: gone
             dead.append(owner)
     for owner in dead:
         db.execute(
             "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?",
             (owner,),
         )
-        move_journal(db, "owner = ?", (owner,), now)
         db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+        files = journals.get(name_of(owner))
+        if files:
+            rows.insert(db, read_live(files).events, now, 0, None, Counter())
     # A live owner whose heartbeat is late still has its events in hand: never take them.
     db.executemany(
         "UPDATE events SET lease_until = ? WHERE lease_owner = ? AND lease_until > 0"
         " AND lease_until < ?",
         [(until, owner, until) for owner in alive],
     )
-    return proven
+    return dead
+
+
+def name_of(owner: str) -> str:
+    """The owner's name in file names: its lock file's and its journal files'."""
+    return _file_name(owner)[: -len(_SUFFIX)]

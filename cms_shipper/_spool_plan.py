@@ -16,7 +16,7 @@ from cms_shipper.results import Outcome, Reason, Result, Tracked
 __all__ = ["REPLAYED", "SPILLED", "Plan", "held_back", "outcomes", "spool_full", "spooled"]
 
 # Tracked._in_spool: which row, if any, the event has in the spool (truthy: it has one).
-# > 0: the rowid of its journal row, written ahead by track_* (a live event of ours).
+# > 0: the handle of its journal record, written ahead by track_* (a live event of ours).
 REPLAYED = -1  # claimed from the spool by this process's replay (leased to us)
 SPILLED = -2  # saved unleased by this process (spilled, held back, or left at shutdown)
 
@@ -65,8 +65,8 @@ class Plan:
     def __init__(self) -> None:
         self.remove: list[str] = []  # events rows with a final answer
         self.release: list[str] = []  # events rows of ours to put back in line
-        self.forget: list[Ahead] = []  # journal rows with a final answer
-        self.move: list[Ahead] = []  # journal rows to put in line
+        self.forget: list[Ahead] = []  # written-ahead events with a final answer
+        self.move: list[Ahead] = []  # written-ahead events to put in line
         self.add: list[int] = []  # indexes of spilled events without a row
         self.answered_replays: list[str] = []  # customers of replayed events answered
 
@@ -80,7 +80,7 @@ class Plan:
             spill = (final.outcome, final.reason) in SPILLABLE
             handle, event = result._in_spool, result.event
             if handle > 0 and event is not None:
-                ahead = Ahead(handle, event.event_id, event.customer_key)
+                ahead = Ahead(handle, event)
                 (plan.move if spill else plan.forget).append(ahead)
             elif handle:
                 (plan.release if spill else plan.remove).append(result.event_id or "")
@@ -91,7 +91,7 @@ class Plan:
         return plan
 
     def extend(self, other: Plan) -> None:
-        """Keep ``other``'s rows for later (its journal deletions go back to the flusher)."""
+        """Keep ``other``'s rows for later (marking journal records done needs no retry)."""
         self.remove += other.remove
         self.release += other.release
         self.move += other.move

@@ -2,8 +2,8 @@
 
 Every function runs inside the caller's write transaction and adds to ``delta`` the change
 in rows *waiting* per customer (rows of ``events`` no live process holds; see
-``_spool_order``). Journal rows (``ahead``) are live events of their writer and never wait;
-a journal row moved into ``events`` unleased does.
+``_spool_order``). Journal records (``_spool_ahead``) are live events of their writer and
+never wait; one moved into ``events`` unleased does.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from typing import NamedTuple, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool_ahead import ROW_ERRORS, ROW_OVERHEAD
-from cms_shipper._spool_owners import move_journal
 
-__all__ = ["Added", "Ahead", "claim", "forget", "insert", "move", "release", "remove", "waiting"]
+__all__ = ["Added", "Ahead", "claim", "insert", "release", "remove", "waiting"]
 
 COLUMNS = "event_id, endpoint, customer_key, payload, tracked_at, timestamp"
+ROW_OVERHEAD = 120  # bytes a row costs beyond its payload: ids, times, b-tree cells
+# Errors confined to one row: the value cannot be encoded or bound. OperationalError
+# (busy, disk full, I/O) concerns the whole transaction and is raised instead.
+ROW_ERRORS = (ValueError, TypeError, OverflowError, RecursionError,
+              sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
+              sqlite3.ProgrammingError)  # fmt: skip
 
 
 class Added(NamedTuple):
@@ -32,11 +36,10 @@ class Added(NamedTuple):
 
 
 class Ahead(NamedTuple):
-    """A written-ahead event's journal row: its rowid, and whose event it is."""
+    """A written-ahead event: its journal handle, and the event."""
 
-    rowid: int
-    event_id: str
-    customer: str
+    handle: int
+    event: Event
 
 
 def remove(
@@ -66,24 +69,6 @@ def release(db: sqlite3.Connection, me: str, ids: Iterable[str], delta: Counter[
             row = db.execute("SELECT customer_key FROM events WHERE event_id = ?",
                              (event_id,)).fetchone()  # fmt: skip
             delta[row[0]] += 1
-
-
-def forget(db: sqlite3.Connection, me: str, rows: Sequence[Ahead]) -> None:
-    """Delete journal rows whose events have a final answer."""
-    db.executemany(
-        "DELETE FROM ahead WHERE rowid = ? AND event_id = ? AND owner = ?",
-        [(row.rowid, row.event_id, me) for row in rows],
-    )
-
-
-def move(
-    db: sqlite3.Connection, me: str, now: float, rows: Sequence[Ahead], delta: Counter[str]
-) -> None:
-    """Move journal rows into ``events``, unleased: they wait in line, in tracking order."""
-    for row in rows:
-        if move_journal(db, "rowid = ? AND event_id = ? AND owner = ?",
-                        (row.rowid, row.event_id, me), now):  # fmt: skip
-            delta[row.customer] += 1
 
 
 def insert(

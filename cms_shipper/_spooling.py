@@ -3,14 +3,15 @@
 The spool (``_spool.Spool``) only stores; this module decides. An event that would be lost
 (queue full, retries exhausted on a retryable failure, still pending at shutdown) is
 spooled instead, and one with a final answer (delivered, duplicate, rejected) has its row
-removed (a written-ahead event's journal row in a batch, ``_spool_flush``; a spilled or
-held-back one is moved into line; ``_spool_plan`` sorts them). Per-customer order holds
+removed (a written-ahead event's journal record is marked done; a spilled or held-back one
+is moved into line; ``_spool_plan`` sorts them). Per-customer order holds
 through the spool: while an older event of a customer waits in the spool (or is being
 replayed), a newer one is not sent but saved behind it (``hold_back``), and claims replay
 each customer's events in tracking order.
 Spool trouble is logged and counted and never reaches the host: the client goes
-on in memory. Every wait for the file is bounded (``WRITE_AHEAD_WAIT_S``, ``SETTLE_WAIT_S``),
-so neither ``track_*`` nor ``close()`` waits on another process's disk lock.
+on in memory. ``track_*``'s write-ahead never waits for the file (the journal is memory-
+mapped, ``_spool_ahead``), and every other wait is bounded (``SETTLE_WAIT_S``, ...), so
+neither ``track_*`` nor ``close()`` waits on another process's disk lock.
 """
 
 from __future__ import annotations
@@ -25,19 +26,15 @@ from cms_shipper._config import Settings
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._spool import FAILED, FULL, Added, Ahead, Spool, SpoolBusy, SpoolError
-from cms_shipper._spool_flush import Flusher
 from cms_shipper._spool_plan import REPLAYED, SPILLED, Plan, held_back, outcomes
 from cms_shipper.results import Result, Tracked
 
 __all__ = ["REPLAYED", "SPILLED", "SpoolKeeper"]
 
-WRITE_AHEAD_WAIT_S = 0.005  # track_* waits at most this for the spool, then keeps it in memory
 SETTLE_WAIT_S = 0.25  # settling (and the shutdown spill) waits at most this
 OPEN_WAIT_S = 1.0  # opening waits at most this for a busy file, then retries on heartbeat
 HOLD_WAIT_S = 0.05  # a sender saving an event behind its customer's waits at most this...
 HOLD_RETRY_S = 0.25  # ...then that customer's line waits this long before trying again
-
-CHECKPOINT_EVERY_S = 0.5  # the flusher also checkpoints the WAL at most this often
 
 
 class SpoolKeeper:
@@ -59,8 +56,6 @@ class SpoolKeeper:
         self.spool_errors = 0
         self.settle_misses = 0
         self._later = Plan()  # settled rows the spool was too busy to take
-        self._flusher = Flusher(self._flush, self._checkpoint)  # journal rows, in batches
-        self._checkpointed = time.monotonic()
         self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
         self._open()
 
@@ -84,7 +79,6 @@ class SpoolKeeper:
                 self.path, exc,
             )  # fmt: skip
         else:
-            self._spool.journal.nudge = self._flusher.nudge
             self._refresh()
 
     def _refresh(self) -> None:
@@ -134,19 +128,19 @@ class SpoolKeeper:
                 self._count("write_ahead_misses")
             return
         try:
-            rowid = spool.write_ahead(result.event, WRITE_AHEAD_WAIT_S)
+            handle = spool.write_ahead(result.event)
         except SpoolError as exc:
             self._count("write_ahead_misses")
             if not isinstance(exc, SpoolBusy):
                 self._trouble(exc, "writing ahead")
             return
-        if rowid > 0:
-            result._in_spool = rowid  # its handle: settling removes or moves this row
+        if handle > 0:
+            result._in_spool = handle  # settling marks it done or moves it into line
             return
         self._count("write_ahead_misses")
-        if rowid == FAILED:
+        if handle == FAILED:
             self._row_errors(Added([], [result.event.event_id]))
-        elif rowid == FULL:
+        elif handle == FULL:
             self._log.log(
                 logging.WARNING, "spool:full-write-ahead",
                 "the spool is full; event %s is held in memory only",
@@ -162,29 +156,25 @@ class SpoolKeeper:
         """The spool's part of giving events their outcomes; returns the outcomes to record."""
         # Spillable outcomes become spooled (or dropped/spool_full): a row of ours is
         # released or moved into line, an event without one is added. Final answers remove
-        # the row (journal rows in a batch, by the flusher). One transaction, waiting at
-        # most SETTLE_WAIT_S, or until deadline (a time.monotonic() value) if sooner.
+        # the row (a journal record is marked done at once, without I/O). One transaction,
+        # waiting at most SETTLE_WAIT_S, or until deadline (a time.monotonic() value).
         out = list(finals)
         spool = self._spool
         if spool is None:
             return out
         rows = Plan.of(results, finals)
         if rows.forget:
-            self._flusher.add(rows.forget)
-            rows.forget = []
+            spool.forget(rows.forget)
         if not (rows.move or rows.release or rows.remove or rows.add):
             return out
-        rows.forget = self._flusher.take()  # a transaction runs anyway: take them along
         wait = SETTLE_WAIT_S
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         try:
-            added = spool.apply(remove=rows.remove, release=rows.release, forget=rows.forget,
-                                move=rows.move, add=[event_of(out[i]) for i in rows.add],
-                                busy_s=wait)  # fmt: skip
+            added = spool.apply(remove=rows.remove, release=rows.release, move=rows.move,
+                                add=[event_of(out[i]) for i in rows.add], busy_s=wait)  # fmt: skip
         except SpoolError as exc:
             self._count("settle_misses")
-            self._flusher.put_back(rows.forget)
             rows.forget = []
             with self._count_lock:  # rows left behind: retried on the next heartbeat
                 self._later.extend(rows)
@@ -212,8 +202,8 @@ class SpoolKeeper:
         if not spool.lines.holds_back(event.customer_key):
             return None
         try:
-            if result._in_spool > 0:  # its journal row goes into line, in tracking order
-                ahead = Ahead(result._in_spool, event.event_id, event.customer_key)
+            if result._in_spool > 0:  # its journal record goes into line, in tracking order
+                ahead = Ahead(result._in_spool, event)
                 added = spool.apply(move=[ahead], busy_s=HOLD_WAIT_S)
             else:
                 added = spool.apply(add=[event], busy_s=HOLD_WAIT_S)
@@ -234,29 +224,8 @@ class SpoolKeeper:
         result._in_spool = SPILLED
         return held_back(result)
 
-    def _flush(self, rows: list[Ahead]) -> None:
-        """The flusher's transaction: delete answered events' journal rows (SpoolError)."""
-        spool = self._spool
-        if spool is None:
-            raise SpoolError("the spool is closed")
-        try:
-            spool.apply(forget=rows, busy_s=SETTLE_WAIT_S)
-        except SpoolError as exc:
-            if not isinstance(exc, SpoolBusy):
-                self._trouble(exc, "removing answered events")
-            raise
-        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY_S:
-            self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the file, off the callers' path (flusher, heartbeat)."""
-        spool = self._spool
-        self._checkpointed = time.monotonic()
-        if spool is not None:
-            spool.checkpoint()
-
     def heartbeat(self) -> None:
-        """Open a spool that was busy, settle rows left behind, renew and recount; checkpoint."""
+        """Open a spool that was busy, settle rows left behind, renew and recount."""
         if self._spool is None and self._waiting:
             self._open()
         spool = self._spool
@@ -264,19 +233,14 @@ class SpoolKeeper:
             return
         with self._count_lock:
             rows, self._later = self._later, Plan()
-        rows.forget = self._flusher.take()
         try:
-            spool.apply(remove=rows.remove, release=rows.release, move=rows.move,
-                        forget=rows.forget)  # fmt: skip
+            spool.apply(remove=rows.remove, release=rows.release, move=rows.move)
             spool.renew()
             spool.refresh()  # what other processes spilled, and dead processes' rows
         except SpoolError as exc:
-            self._flusher.put_back(rows.forget)
-            rows.forget = []
             with self._count_lock:
                 self._later.extend(rows)
             self._trouble(exc, "renewing leases")
-        self._checkpoint()
 
     def claim(self, limit: int) -> list[Event]:
         """Lease up to ``limit`` spooled events to this process, oldest first."""
@@ -294,11 +258,9 @@ class SpoolKeeper:
         # A fresh lock: a parent thread may have held this one at the fork, for ever here.
         self._count_lock = threading.Lock()
         self._later = Plan()  # the parent's rows, not ours
-        self._flusher.reset()
         if self._spool is not None:
             try:
                 self._spool.reopen()
-                self._spool.journal.nudge = self._flusher.nudge
                 self._refresh()
             except SpoolBusy:
                 self._spool, self._waiting = None, True
@@ -307,15 +269,8 @@ class SpoolKeeper:
                 self._spool = None
 
     def close(self) -> None:
-        """Delete the answered events' journal rows, close the connections; idempotent."""
-        left = self._flusher.stop(SETTLE_WAIT_S)
+        """Close the connection and the journal; idempotent."""
         spool, self._spool = self._spool, None
         self._waiting = False
-        if spool is None:
-            return
-        if left:
-            try:
-                spool.apply(forget=left, busy_s=SETTLE_WAIT_S)
-            except SpoolError as exc:  # left in the journal: replayed (again) later
-                self._trouble(exc, "removing answered events at close")
-        spool.close()
+        if spool is not None:
+            spool.close()

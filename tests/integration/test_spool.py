@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cms_shipper import CMSClient, Outcome
+from cms_shipper._spool_open import read_status
 from cms_shipper.emulator import Emulator
 
 from .conftest import FAST, TOKEN, adds_up, unused_port, wait_until
@@ -29,12 +29,8 @@ SPOOL_FAST = {"spool_lease_s": 1.0, "spool_replay_interval_s": 0.1}
 
 
 def spool_rows(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return int(
-            db.execute(
-                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM ahead)"
-            ).fetchone()[0]
-        )
+    """Events in the spool: waiting rows and live write-ahead journal records."""
+    return read_status(str(path)).total
 
 
 def child_env(host: str) -> dict[str, str]:
@@ -206,10 +202,10 @@ REPLAYER = textwrap.dedent(
     import sqlite3, sys, time
     from cms_shipper import CMSClient
 
+    from cms_shipper._spool_open import read_status
+
     def rows_left(path):
-        with sqlite3.connect(path) as db:
-            return db.execute("SELECT (SELECT COUNT(*) FROM events)"
-                              " + (SELECT COUNT(*) FROM ahead)").fetchone()[0]
+        return read_status(path).total
 
     client = CMSClient(spool_path=sys.argv[1], spool_lease_s=2.0, spool_replay_interval_s=0.05,
                        flush_interval_s=0.01)

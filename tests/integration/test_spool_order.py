@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cms_shipper import CMSClient, Outcome, Reason
+from cms_shipper._spool_open import read_status
 from cms_shipper.emulator import Emulator
 
 from .conftest import FAST, TOKEN, adds_up, unused_port, wait_until
@@ -30,15 +30,8 @@ CLICK = "clk-alice"
 
 
 def spool_rows(path: Path) -> int:
-    db = sqlite3.connect(path, timeout=5.0)
-    try:
-        return int(
-            db.execute(
-                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM ahead)"
-            ).fetchone()[0]
-        )
-    finally:
-        db.close()
+    """Events in the spool: waiting rows and live write-ahead journal records."""
+    return read_status(str(path)).total
 
 
 def alice_on_the_wire(emulator: Emulator) -> list[tuple[str, int]]:
@@ -145,10 +138,10 @@ SECOND = textwrap.dedent(
     import sqlite3, sys, time
     from cms_shipper import CMSClient
 
+    from cms_shipper._spool_open import read_status
+
     def rows():
-        with sqlite3.connect(sys.argv[1], timeout=5.0) as db:
-            return db.execute("SELECT (SELECT COUNT(*) FROM events)"
-                              " + (SELECT COUNT(*) FROM ahead)").fetchone()[0]
+        return read_status(sys.argv[1]).total
 
     client = CMSClient(spool_path=sys.argv[1], flush_interval_s=0.01,
                        spool_replay_interval_s=0.5)

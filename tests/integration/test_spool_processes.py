@@ -18,6 +18,7 @@ from typing import Callable
 
 import pytest
 
+from cms_shipper._spool_open import read_status
 from cms_shipper.emulator import Emulator
 
 from .conftest import TOKEN, wait_until
@@ -30,15 +31,8 @@ def child_env(host: str) -> dict[str, str]:
 
 
 def spool_rows(path: Path) -> int:
-    db = sqlite3.connect(path, timeout=5.0)
-    try:
-        return int(
-            db.execute(
-                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM ahead)"
-            ).fetchone()[0]
-        )
-    finally:
-        db.close()
+    """Events in the spool: waiting rows and live write-ahead journal records."""
+    return read_status(str(path)).total
 
 
 def dump(path: Path) -> list[tuple[object, ...]]:
@@ -209,13 +203,10 @@ DRAINER = textwrap.dedent(
     import sqlite3, sys, time
     from cms_shipper import CMSClient
 
+    from cms_shipper._spool_open import read_status
+
     def rows(path):
-        db = sqlite3.connect(path, timeout=5.0)
-        try:
-            return db.execute("SELECT (SELECT COUNT(*) FROM events)"
-                              " + (SELECT COUNT(*) FROM ahead)").fetchone()[0]
-        finally:
-            db.close()
+        return read_status(path).total
 
     client = CMSClient(spool_path=sys.argv[1], write_ahead=True, flush_interval_s=0.01)
     deadline = time.monotonic() + float(sys.argv[2])

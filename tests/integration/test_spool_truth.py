@@ -117,8 +117,12 @@ def test_the_caller_never_waits_on_the_disk_lock(tmp_path: Path) -> None:
         holder.close()
         client.close(0.0)
     keeper = client._keeper
-    assert keeper is not None and keeper.write_ahead_misses == 5 and keeper.settle_misses >= 1
+    # The journal needs no file lock: every event was written ahead. The shutdown spill
+    # could not move them into line, so they stay in the journal, taken over later.
+    assert keeper is not None and keeper.write_ahead_misses == 0 and keeper.settle_misses >= 1
+    assert all(r.wait(0).outcome is Outcome.SPOOLED for r in results)
     assert not [p for p in tmp_path.iterdir() if ".corrupt" in p.name]
+    assert read_status(str(path)).total == 5
 
 
 def test_replay_drains_even_with_a_queue_of_one(tmp_path: Path, cms_emulator: Emulator) -> None:
@@ -138,17 +142,17 @@ def test_replay_drains_even_with_a_queue_of_one(tmp_path: Path, cms_emulator: Em
         client.close(2.0)
 
 
-def test_spool_commands_count_a_dead_processs_journal_rows(
+def test_spool_commands_count_a_dead_processs_journal(
     tmp_path: Path, cms_emulator: Emulator
 ) -> None:
     path = tmp_path / "spool.db"
     dead = Spool(path, owner="dead")
-    assert all(dead.write_ahead(lead(f"a{i}", f"c{i}"), 1.0) > 0 for i in range(3))
+    assert all(dead.write_ahead(lead(f"a{i}", f"c{i}")) > 0 for i in range(3))
     dead.add([lead("w0", "c9")])  # one waiting in line as well
     # What SIGKILL leaves: the rows, and an unlocked owner lock file.
     assert dead._db is not None
     dead._db.close()
-    dead.journal.close(0.0)
+    dead.journal.forget_inherited()  # unmapped, the files stay
     dead._owners.release(keep_file=True)
     status = json.loads(cli("spool", "status", "--path", str(path), host=cms_emulator.url).stdout)
     assert status["total"] == 4 and status["by_endpoint"] == {"lead": 4}
@@ -157,9 +161,9 @@ def test_spool_commands_count_a_dead_processs_journal_rows(
     assert summary["in_spool_before"] == 4 and summary["delivered"] == 4, done.stdout
     assert summary["left_in_spool"] == 0 and read_status(str(path)).total == 0
     again = Spool(path, owner="again")
-    assert again.write_ahead(lead("b0", "c0"), 1.0) > 0
+    assert again.write_ahead(lead("b0", "c0")) > 0
     again._db.close()  # type: ignore[union-attr]
-    again.journal.close(0.0)
+    again.journal.forget_inherited()
     again._owners.release(keep_file=True)
     purged = cli("spool", "purge", "--path", str(path), "--yes", host=cms_emulator.url)
     assert purged.returncode == 0 and "Deleted 1" in purged.stdout

@@ -6,17 +6,19 @@ import logging
 import sqlite3
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from cms_shipper import CMSClient, _spool_ahead, _spool_flush
+from cms_shipper import CMSClient, _spool_ahead
 from cms_shipper._events import Event, build_lead, build_sale
 from cms_shipper._log import RateLimitedLog
 from cms_shipper._outcomes import dropped
 from cms_shipper._spool import Ahead, Spool, SpoolBusy, SpoolError
+from cms_shipper._spool_ahead import FULL, Journal, journal_files, read_live
 from cms_shipper._spool_open import read_status
 from cms_shipper._spooling import SPILLED, SpoolKeeper
 from cms_shipper.results import Outcome, Reason, Result, Tracked
@@ -70,12 +72,12 @@ def test_a_customer_leased_elsewhere_is_skipped_even_for_newer_events(tmp_path: 
 
 
 def rows(path: Path) -> tuple[int, int]:
-    """(events rows, journal rows)."""
+    """(events rows, live journal records)."""
     with sqlite3.connect(path) as db:
-        counts = db.execute("SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM ahead)")
-        waiting, ahead = counts.fetchone()
+        (waiting,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
     db.close()
-    return int(waiting), int(ahead)
+    files = journal_files(f"{path}.owners").values()
+    return int(waiting), sum(len(read_live(names).events) for names in files)
 
 
 def test_claims_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
@@ -83,10 +85,10 @@ def test_claims_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
     a.add([lead(0, "x"), lead(1, "y")])
     assert len(a.claim(10)) == 2  # replaying: leased to a
-    assert a.write_ahead(lead(2, "z"), 1.0) > 0  # a live event of a's
+    assert a.write_ahead(lead(2, "z")) > 0  # a live event of a's
     assert b.claim(10) == []
     clock.now += 8
-    assert a.renew() == 2  # the claims; the journal row rides on a's heartbeat row
+    assert a.renew() == 2  # the claims; the journal rides on a's heartbeat row
     clock.now += 8  # 16 s after adding, 8 s after renewing: still held
     assert b.claim(10) == []
     a.release(["e1"])
@@ -96,7 +98,7 @@ def test_claims_are_renewed_and_release_frees_at_once(tmp_path: Path) -> None:
 def test_a_live_owner_keeps_its_events_even_past_its_lease(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    assert a.write_ahead(lead(0, "x"), 1.0) > 0
+    assert a.write_ahead(lead(0, "x")) > 0
     a.add([lead(1, "y")])
     assert [e.event_id for e in a.claim(10)] == ["e1"]
     clock.now += 100  # a's heartbeat is late, but its lock file proves it alive
@@ -106,11 +108,11 @@ def test_a_live_owner_keeps_its_events_even_past_its_lease(tmp_path: Path) -> No
 
 
 def die(store: Spool, *, keep_lock_file: bool = True) -> None:
-    """What SIGKILL does to an owner: its connections and its flock go, its rows stay."""
+    """What SIGKILL does to an owner: its connections, mappings and flock go; files stay."""
     assert store._db is not None
     store._db.close()
     store._db = None
-    store.journal.close(0.0)
+    store.journal.forget_inherited()  # unmapped, its files untouched
     store._owners.release(keep_file=keep_lock_file)
 
 
@@ -119,20 +121,21 @@ def test_a_dead_owners_journal_and_leases_are_taken_over_at_once(tmp_path: Path)
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
     a.add([lead(0, "x")])
     assert [e.event_id for e in a.claim(10)] == ["e0"]  # replaying when it dies
-    assert a.write_ahead(lead(1, "y"), 1.0) > 0 and a.write_ahead(lead(2, "y"), 1.0) > 0
+    assert a.write_ahead(lead(1, "y")) > 0 and a.write_ahead(lead(2, "y")) > 0
     die(a)
     assert rows(tmp_path / "s.db") == (1, 2)
-    # No clock change: no lease wait. The journal rows are moved into line, in order.
+    # No clock change: no lease wait. The journal's records are moved into line, in order.
     assert [e.event_id for e in b.claim(10)] == ["e0", "e1", "e2"]
     assert rows(tmp_path / "s.db") == (3, 0)
-    assert not (tmp_path / "s.db.owners" / "a.lock").exists()  # buried once taken over
+    left = sorted(p.name for p in (tmp_path / "s.db.owners").iterdir())
+    assert left == ["b.lock"]  # a's lock and journal files buried once taken over
 
 
 def test_without_a_lock_file_the_heartbeat_row_is_the_fallback(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
     a._owners.release()  # as on a filesystem without locks: liveness unknown
-    assert a.write_ahead(lead(0, "x"), 1.0) > 0
+    assert a.write_ahead(lead(0, "x")) > 0
     clock.now += 8
     a.renew()  # a's heartbeat: one row, whatever its journal holds
     clock.now += 8  # 16 s after writing, 8 s after the heartbeat: a is alive
@@ -147,10 +150,10 @@ def test_close_removes_the_lock_file_unless_rows_are_still_leased(tmp_path: Path
     clock = Clock()
     owners = tmp_path / "s.db.owners"
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
-    assert a.write_ahead(lead(0, "x"), 1.0) > 0
+    assert a.write_ahead(lead(0, "x")) > 0
     a.close()
     b.close()
-    assert sorted(p.name for p in owners.iterdir()) == ["a.lock"]
+    assert sorted(p.name for p in owners.iterdir()) == ["a.1.journal", "a.lock"]
     c = spool(tmp_path / "s.db", clock, "c")
     assert [e.event_id for e in c.claim(10)] == ["e0"]  # a is gone: at once
 
@@ -219,8 +222,7 @@ def test_busy_is_not_corrupt_and_every_wait_is_bounded(tmp_path: Path) -> None:
     holder.execute("BEGIN IMMEDIATE")  # a sibling holding the write lock
     try:
         started = time.monotonic()
-        with pytest.raises(SpoolBusy):
-            store.write_ahead(lead(0, "x"), 0.005)
+        assert store.write_ahead(lead(0, "x")) > 0  # the journal never waits on the file
         assert time.monotonic() - started < 0.5
         other = spool(path, Clock(), "b")  # opening an existing spool only reads: no wait
         other.close()
@@ -230,7 +232,7 @@ def test_busy_is_not_corrupt_and_every_wait_is_bounded(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
         holder.close()
     assert not [p for p in tmp_path.iterdir() if ".corrupt" in p.name]
-    assert store.write_ahead(lead(0, "x"), 0.005) > 0
+    assert store.write_ahead(lead(1, "x")) > 0
 
 
 def test_a_new_file_busy_at_creation_is_reported_busy_and_not_moved(tmp_path: Path) -> None:
@@ -281,9 +283,9 @@ def test_lines_hold_a_customer_back_while_its_older_events_wait_or_replay(tmp_pa
     clock = Clock()
     a = spool(tmp_path / "s.db", clock, "a")
     held = a.lines.holds_back
-    rowid = a.write_ahead(lead(0, "x"), 1.0)  # written ahead: a live event of ours
-    assert rowid > 0 and not held("x")
-    a.apply(move=[Ahead(rowid, "e0", "x")])  # spilled: it waits in the spool now
+    handle = a.write_ahead(lead(0, "x"))  # written ahead: a live event of ours
+    assert handle > 0 and not held("x")
+    a.apply(move=[Ahead(handle, lead(0, "x"))])  # spilled: it waits in the spool now
     assert held("x") and not held("y")
     assert [e.event_id for e in a.claim(10)] == ["e0"]
     assert held("x")  # replaying: still before x's new events
@@ -299,7 +301,7 @@ def test_refresh_sees_other_processes_rows_and_a_dead_owners(tmp_path: Path) -> 
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
     b.add([lead(0, "x")])  # spilled by another process
-    assert b.write_ahead(lead(1, "y"), 1.0) > 0  # b's live event: never a's business
+    assert b.write_ahead(lead(1, "y")) > 0  # b's live event: never a's business
     assert not a.lines.holds_back("x")
     a.refresh()
     assert a.lines.holds_back("x") and not a.lines.holds_back("y")
@@ -324,7 +326,7 @@ def delivered(event: Event) -> Result:
 def written_ahead(keep: SpoolKeeper, event: Event) -> Tracked:
     item = Tracked(event)
     keep.write_ahead(item)
-    assert item._in_spool > 0  # its handle: the journal row's rowid
+    assert item._in_spool > 0  # its handle in the journal
     return item
 
 
@@ -353,24 +355,87 @@ def test_a_held_back_written_ahead_event_moves_behind_its_customers(tmp_path: Pa
     keep.close()
 
 
-def test_answered_journal_rows_go_in_batches_and_close_flushes_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_answered_event_is_done_at_once_and_close_leaves_nothing_of_ours(
+    tmp_path: Path,
 ) -> None:
     keep = keeper(tmp_path / "s.db")
     items = [written_ahead(keep, lead(i, f"c{i}")) for i in range(3)]
-    keep.settle(items[:1], [delivered(items[0].event)])  # type: ignore[arg-type]
-    assert wait_until(lambda: rows(tmp_path / "s.db") == (0, 2), 5.0)  # the flusher's batch
-    monkeypatch.setattr(_spool_flush, "FLUSH_EVERY_S", 60.0)
-    keep._flusher.stop(1.0)
-    keep._flusher.reset()  # a new thread, waiting 60 s to gather
-    out = keep.settle(items[1:], [delivered(i.event) for i in items[1:]])  # type: ignore[arg-type]
-    assert [o.outcome for o in out] == [Outcome.DELIVERED] * 2
-    assert rows(tmp_path / "s.db") == (0, 2)  # not yet: batched
-    started = time.monotonic()
+    out = keep.settle(items, [delivered(i.event) for i in items])  # type: ignore[arg-type]
+    assert [o.outcome for o in out] == [Outcome.DELIVERED] * 3
+    assert rows(tmp_path / "s.db") == (0, 0)  # done: no I/O, no batch window
     keep.close()
-    assert time.monotonic() - started < 1.0
-    assert rows(tmp_path / "s.db") == (0, 0)
     assert list((tmp_path / "s.db.owners").iterdir()) == []  # nothing left of ours
+
+
+def test_journal_records_survive_their_writer_and_torn_ones_are_skipped(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(str(tmp_path), "w", max_bytes=None)
+    journal.registered = True
+    handles = [journal.write(lead(i, f"c{i}")) for i in range(3)]
+    journal.done(handles[1:2])
+    (path,) = journal_files(str(tmp_path))["w"]
+    journal.forget_inherited()  # the writer is gone; the file holds what it wrote
+    assert [e.event_id for e in read_live([path]).events] == ["e0", "e2"]
+    with open(path, "r+b") as file:  # a record whose body was torn: its checksum fails
+        file.seek(9 + 3)
+        file.write(b"#")
+    assert [e.event_id for e in read_live([path]).events] == ["e2"]
+
+
+def test_the_journal_rolls_to_new_files_and_deletes_finished_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool_ahead, "SEGMENT_BYTES", 4096)
+    journal = Journal(str(tmp_path), "w", max_bytes=None)
+    journal.registered = True
+    handles = [journal.write(lead(i, f"c{i}")) for i in range(80)]
+    assert all(h > 0 for h in handles) and len(journal_files(str(tmp_path))["w"]) > 2
+    journal.done(handles[:-1])
+    journal.tidy()
+    assert len(journal_files(str(tmp_path))["w"]) == 1  # only the file in use is left
+    assert journal.holds_live()
+    journal.done(handles[-1:])
+    assert not journal.holds_live()
+    journal.close()
+    assert journal_files(str(tmp_path)) == {}
+
+
+def test_each_writing_thread_has_its_own_file(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path), "w", max_bytes=None)
+    journal.registered = True
+    handles: list[int] = []
+
+    def writer(n: int) -> None:
+        handles.extend(journal.write(lead(100 * n + i, f"c{n}")) for i in range(50))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    files = journal_files(str(tmp_path))["w"]
+    assert len(files) == 4 and len(read_live(files).events) == 200
+    journal.done(handles)
+    journal.tidy()  # the writers have ended: their files go
+    assert journal_files(str(tmp_path)) == {}
+    journal.close()
+
+
+def test_max_bytes_counts_the_journal_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool_ahead, "SEGMENT_BYTES", 4096)
+    journal = Journal(str(tmp_path), "w", max_bytes=3 * 4096)
+    journal.registered = True
+    handles = []
+    while (handle := journal.write(lead(len(handles), "c"))) > 0:
+        handles.append(handle)
+    assert handle == FULL and len(journal_files(str(tmp_path))["w"]) == 3
+    journal.done(handles)
+    journal.tidy()  # two files go; the one in use stays
+    assert journal.write(lead(999, "c")) > 0  # room again
+    journal.close()
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float) -> bool:
@@ -382,32 +447,16 @@ def wait_until(check: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def test_a_file_from_before_the_journal_gets_its_tables_on_open(tmp_path: Path) -> None:
+def test_a_file_from_before_the_heartbeat_rows_gets_its_table_on_open(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     old = spool(path, Clock(), "a")
     old.add([lead(0, "x")])
     old.close()
     with sqlite3.connect(path) as db:  # as the previous version left it
-        db.execute("DROP TABLE ahead")
         db.execute("DROP TABLE owners")
     db.close()
-    assert read_status(str(path)).total == 1  # read-only: counts without the journal
+    assert read_status(str(path)).total == 1  # read-only: counts without the table
     store = spool(path, Clock(), "b")
-    assert store.write_ahead(lead(1, "y"), 1.0) > 0
+    assert store.write_ahead(lead(1, "y")) > 0
     assert rows(path) == (1, 1) and read_status(str(path)).total == 2
-    store.close()
-
-
-def test_the_journal_asks_for_a_checkpoint_every_so_many_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_spool_ahead, "NUDGE_EVERY", 3)
-    store = spool(tmp_path / "s.db", Clock(), "a")
-    nudged: list[int] = []
-    store.journal.nudge = lambda: nudged.append(1)
-    for i in range(7):
-        assert store.write_ahead(lead(i, f"c{i}"), 1.0) > 0
-    assert len(nudged) == 2
-    store.checkpoint()  # copies the WAL into the file; the rows stay
-    assert rows(tmp_path / "s.db") == (0, 7)
     store.close()
