@@ -95,17 +95,19 @@ class Spool:
         return Journal(self._owners.directory, name_of(self.owner), max_bytes=self._max_bytes)
 
     def _open(self) -> None:
-        # Hold our owner lock first: from here on, probes see this process as alive.
-        self._owners.hold(self.owner)
+        # Hold our owner lock first: from here on, probes see this process as alive, so the
+        # journal may take records at once. Without locks (no fcntl, a network disk) only
+        # our heartbeat row shows that, so the journal waits for it (``renew``).
+        self.journal.registered = self._owners.hold(self.owner)
         try:
             self._db = open_spool(self.path, self._busy_s, self._owners)
         except BaseException:
             self._owners.release()
             raise
-        # The heartbeat row, before any journal record; busy now: the journal waits for
-        # the next heartbeat's renewal (write-ahead misses meanwhile, counted).
+        # Our heartbeat row (the fallback where locks tell nothing). Opening must not wait
+        # on a busy file for it: the replay heartbeat writes it soon anyway.
         with contextlib.suppress(SpoolError):
-            self.renew()
+            self.renew(busy_s=min(self._busy_s, 0.05))
 
     def reopen(self) -> None:
         """After ``os.fork()``: new connections and a new owner (never share either)."""
@@ -170,6 +172,8 @@ class Spool:
         """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
         if self._pid != os.getpid():
             self.reopen()
+        if not self.journal.registered:  # no lock file, and the file was busy at open
+            raise SpoolBusy(f"spool {self.path}: this process is not registered yet")
         try:
             return self.journal.write(event)
         except JournalError as exc:

@@ -224,7 +224,10 @@ def test_busy_is_not_corrupt_and_every_wait_is_bounded(tmp_path: Path) -> None:
         started = time.monotonic()
         assert store.write_ahead(lead(0, "x")) > 0  # the journal never waits on the file
         assert time.monotonic() - started < 0.5
-        other = spool(path, Clock(), "b")  # opening an existing spool only reads: no wait
+        started = time.monotonic()
+        other = spool(path, Clock(), "b")  # opening an existing spool waits 50 ms at most
+        assert time.monotonic() - started < 0.5
+        assert other.write_ahead(lead(5, "z")) > 0  # its lock file proves it alive: no wait
         other.close()
         with pytest.raises(SpoolBusy):
             store.claim(10, busy_s=0.05)
