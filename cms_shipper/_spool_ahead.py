@@ -105,11 +105,19 @@ class Journal:
         self.registered = False  # the owner's heartbeat row is in the spool (a fallback)
         self.measured = 0  # bytes the spool's tables used, as last measured
 
-    def _roll(self) -> _Segment:
-        """A new file for this thread: created, allocated in full, mapped."""
+    def _roll(self, size: int) -> _Segment:
+        """A file for this thread: one an ended thread left with room, else a new one
+        (created, allocated in full, mapped). Servers that start a thread per request thus
+        use as many files as threads write at once, not one per request."""
         with self._lock:
             if self._closed:
                 raise JournalError("the spool is closed")
+            me = threading.current_thread()
+            for segment in self._segments.values():
+                if not segment.thread.is_alive() and segment.end + size <= SEGMENT_BYTES:
+                    segment.thread = me  # its writer has ended: it wrote its last record
+                    self._local.segment = segment
+                    return segment
             if self._max_bytes is not None and (
                 self.measured + (len(self._segments) + 1) * SEGMENT_BYTES > self._max_bytes
             ):
@@ -153,7 +161,7 @@ class Journal:
         segment: Optional[_Segment] = getattr(self._local, "segment", None)
         try:
             if segment is None or segment.end + size > SEGMENT_BYTES:
-                segment = self._roll()
+                segment = self._roll(size)
         except _Full:
             return FULL
         offset = segment.end

@@ -409,8 +409,12 @@ def test_each_writing_thread_has_its_own_file(tmp_path: Path) -> None:
     journal.registered = True
     handles: list[int] = []
 
+    together = threading.Barrier(4)  # all four alive and writing at once
+
     def writer(n: int) -> None:
+        together.wait()
         handles.extend(journal.write(lead(100 * n + i, f"c{n}")) for i in range(50))
+        together.wait()
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for thread in threads:
@@ -423,6 +427,21 @@ def test_each_writing_thread_has_its_own_file(tmp_path: Path) -> None:
     journal.tidy()  # the writers have ended: their files go
     assert journal_files(str(tmp_path)) == {}
     journal.close()
+
+
+def test_a_thread_per_request_reuses_the_files_of_ended_threads(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path), "w", max_bytes=None)
+    journal.registered = True
+    handles: list[int] = []
+    for n in range(20):  # one short-lived thread per "request", one after the other
+        thread = threading.Thread(target=lambda n=n: handles.append(journal.write(lead(n, "c"))))
+        thread.start()
+        thread.join()
+    files = journal_files(str(tmp_path))["w"]
+    assert len(files) == 1 and len(read_live(files).events) == 20
+    journal.done(handles)
+    journal.close()
+    assert journal_files(str(tmp_path)) == {}
 
 
 def test_max_bytes_counts_the_journal_files(
