@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, Dict, List
 
 from _child import report
+from _support import time_calls
 
 from cms_shipper import CMSClient  # from this checkout, on PYTHONPATH
 
@@ -77,28 +78,11 @@ def latency(spec: Dict[str, Any]) -> Dict[str, Any]:
     for i in range(warmup):  # starts the worker, the replay thread and the connections
         client.track_lead(event_name=EVENT, customer_external_id=f"warm-{i}", click_id="clk_1")
     before = _counters(client)
-    samples = [[0] * calls for _ in range(threads)]
-    names = [[f"lat-t{t}-c{i}" for i in range(calls)] for t in range(threads)]
-    barrier = threading.Barrier(threads)
-
-    def caller(t: int) -> None:
-        out, mine = samples[t], names[t]
-        track, clock = client.track_lead, time.perf_counter_ns
-        barrier.wait()
-        for i in range(calls):
-            start = clock()
-            track(event_name=EVENT, customer_external_id=mine[i], click_id="clk_1")
-            out[i] = clock() - start
-
-    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
     started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    samples = time_calls(client.track_lead, threads, calls, "lat")
     wall_s = time.perf_counter() - started
     after = _counters(client)
-    figures = _percentiles([ns for per_thread in samples for ns in per_thread])
+    figures = _percentiles(samples)
     figures.update(wall_s=wall_s, before=before, after=after)
     return figures
 

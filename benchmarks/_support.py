@@ -335,6 +335,32 @@ def table(
     return "\n".join(out + [line(r) for r in cells[1:]])
 
 
+def time_calls(track: Any, threads: int, calls: int, prefix: str) -> List[int]:
+    """Time ``calls`` ``track_lead`` calls in each of ``threads`` threads started together.
+
+    Each call is timed in its own thread with ``perf_counter_ns`` (nanoseconds); every
+    call has its own customer, ``<prefix>-t<thread>-c<call>``.
+    """
+    samples = [[0] * calls for _ in range(threads)]
+    customers = [[f"{prefix}-t{t}-c{i}" for i in range(calls)] for t in range(threads)]
+    barrier = threading.Barrier(threads)
+
+    def caller(index: int) -> None:
+        out, names, clock = samples[index], customers[index], time.perf_counter_ns
+        barrier.wait()
+        for i in range(calls):
+            start = clock()
+            track(event_name="signup_started", customer_external_id=names[i], click_id="clk_1")
+            out[i] = clock() - start
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return [ns for thread_samples in samples for ns in thread_samples]
+
+
 def percentile(sorted_values: Sequence[int], p: float) -> int:
     """The nearest-rank ``p``-th percentile of already sorted values."""
     rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))

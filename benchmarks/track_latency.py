@@ -46,11 +46,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Optional
 
-from _support import TOKEN, EmulatorProcess, percentile, unused_port
+from _support import TOKEN, EmulatorProcess, percentile, time_calls, unused_port
 
 from cms_shipper import CMSClient
 
@@ -83,29 +82,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_callers(client: CMSClient, threads: int, calls: int) -> list[int]:
-    """Time ``calls`` track_lead calls in each of ``threads`` threads started together."""
-    samples = [[0] * calls for _ in range(threads)]
-    customers = [[f"bench-t{t}-c{i}" for i in range(calls)] for t in range(threads)]
-    barrier = threading.Barrier(threads)
-
-    def caller(index: int) -> None:
-        out, names = samples[index], customers[index]
-        track, clock = client.track_lead, time.perf_counter_ns
-        barrier.wait()
-        for i in range(calls):
-            start = clock()
-            track(event_name="signup_started", customer_external_id=names[i], click_id="clk_1")
-            out[i] = clock() - start
-
-    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return sorted(ns for thread_samples in samples for ns in thread_samples)
-
-
 def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
     """One scenario, in this process: warm up, time the calls, close the client."""
     # The expected shutdown warning (events left at close) is reported in the table instead.
@@ -122,7 +98,7 @@ def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
         client.track_lead(event_name="warmup", customer_external_id=f"warm-{i}", click_id="c")
     rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    samples = run_callers(client, args.threads, args.calls)
+    samples = sorted(time_calls(client.track_lead, args.threads, args.calls, "bench"))
     elapsed_s = time.perf_counter() - started
     rss_after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     dropped_in_run = client.stats()["dropped"]
