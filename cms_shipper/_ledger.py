@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from cms_shipper.results import Outcome, Result, Tracked
 
@@ -62,6 +62,9 @@ class Ledger:
         self._outcomes: Counter[Outcome] = Counter()
         self._reasons: Counter[tuple[Outcome, str]] = Counter()
         self._statuses: Counter[int] = Counter()
+        # Called (outside the lock) each time the last pending event resolves; the
+        # process's registry sets it on a retiring client, to close it once it is idle.
+        self.on_empty: Optional[Callable[[], None]] = None
 
     def admit(self, result: Tracked, *, replayed: bool = False) -> None:
         """Count a tracked (or replayed from the spool) event that is now pending. Lock-free."""
@@ -93,6 +96,8 @@ class Ledger:
             waiting = self._waits.pop(seq, None) if self._waits else None
         if waiting is not None:
             waiting.set()
+        if not self._outstanding and self.on_empty is not None:
+            self.on_empty()
         return True
 
     def _count(self, final: Result) -> None:
@@ -136,6 +141,10 @@ class Ledger:
             if waiting is None:
                 waiting = self._waits[result._seq] = threading.Event()
         waiting.wait(timeout_s)
+
+    def pending(self) -> int:
+        """How many admitted events have no outcome yet."""
+        return len(self._outstanding)
 
     def outstanding(self) -> list[Tracked]:
         """The events still pending, oldest first."""

@@ -135,6 +135,7 @@ class Reporter:
         self._calls: deque[tuple[Callable[[Any], None], Result]] = deque()
         self._cond = threading.Condition(threading.RLock())  # re-entrant: signal handlers
         self._busy = False
+        self._stopping = False  # close(): the thread ends once nothing is queued
         self._thread: Optional[threading.Thread] = None
 
     def report(self, final: Result, *, inline: bool = False) -> None:
@@ -167,10 +168,19 @@ class Reporter:
             self._cond.wait_for(lambda: not self._calls and not self._busy, timeout_s)
             return len(self._calls) + self._busy
 
+    def stop(self) -> None:
+        """Let the callback thread end once its queue is empty (a later report restarts one)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._calls))
+                self._cond.wait_for(lambda: bool(self._calls) or self._stopping)
+                if not self._calls:
+                    self._thread = None  # stopping, nothing left: a late report starts anew
+                    return
                 callback, final = self._calls.popleft()
                 self._busy = True
             try:

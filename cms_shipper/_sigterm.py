@@ -2,8 +2,10 @@
 
 A plain process stopped with SIGTERM (``docker stop``, Kubernetes, systemd) dies without
 running exit hooks, so its queued events are lost. Opted in, the first client in a process
-installs one handler for all; every client that asked is held weakly and, on the signal,
-closed in its own thread within its own ``shutdown_timeout_s``: the stop waits for the
+installs one handler for all; the pipeline of every client that asked is held weakly (the
+process's registry keeps it until it is closed, so a client the application dropped is
+covered too) and, on the signal, closed in its own thread within its own
+``shutdown_timeout_s``: the stop waits for the
 largest budget (plus a moment for ``close()`` to report), not the sum. Then the previous
 behaviour: a Python handler is called with the same ``(signum, frame)`` (the clients are
 closed: such handlers end the process); ``SIG_DFL`` is restored and SIGTERM raised again, so
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from cms_shipper._log import logger
 
 if TYPE_CHECKING:
-    from cms_shipper.client import CMSClient
+    from cms_shipper._pipeline import Pipeline
 
 __all__ = ["install"]
 
@@ -70,7 +72,7 @@ class _State:
     """The process's one handler: what it chains to, whom it flushes, what it said."""
 
     def __init__(self) -> None:
-        self.clients: weakref.WeakSet[CMSClient] = weakref.WeakSet()
+        self.clients: weakref.WeakSet[Pipeline] = weakref.WeakSet()
         self.previous: Any = signal.SIG_DFL  # what SIGTERM did before our handler
         self.flushing_pid: Optional[int] = None  # while a flush runs: a 2nd SIGTERM skips it
         self.said: set[tuple[int, str]] = set()
@@ -79,7 +81,7 @@ class _State:
 _state = _State()
 
 
-def install(client: CMSClient) -> None:
+def install(client: Pipeline) -> None:
     """Have SIGTERM flush ``client`` within its budget, then do what it did before."""
     try:
         _install(client)
@@ -87,7 +89,7 @@ def install(client: CMSClient) -> None:
         logger.warning("handle_sigterm: SIGTERM handler not installed", exc_info=True)
 
 
-def _install(client: CMSClient) -> None:
+def _install(client: Pipeline) -> None:
     current = signal.getsignal(signal.SIGTERM)
     if current is _on_sigterm:  # installed already (in this process or before a fork)
         _state.clients.add(client)
@@ -158,7 +160,7 @@ def _flush_all(pid: int) -> None:
     """Flush this process's clients in helper threads; wait at most the largest budget."""
     # A client rebuilt in a forked child carries the child's pid; one still carrying the
     # parent's has tracked nothing here, and the parent's events are not ours to send.
-    clients = [c for c in list(_state.clients) if c._pid == pid]
+    clients = [c for c in list(_state.clients) if c.pid == pid]
     if not clients:
         return
     budget = max(c.settings.shutdown_timeout_s for c in clients) + _REPORT_S
@@ -175,7 +177,7 @@ def _flush_all(pid: int) -> None:
 
 
 def _flush_in_threads(
-    clients: list[CMSClient], keep_open: bool, deadline: float, done: _thread.LockType
+    clients: list[Pipeline], keep_open: bool, deadline: float, done: _thread.LockType
 ) -> None:
     try:
         logger.info(
@@ -192,7 +194,7 @@ def _flush_in_threads(
         done.release()
 
 
-def _flush_one(client: CMSClient, keep_open: bool) -> None:
+def _flush_one(client: Pipeline, keep_open: bool) -> None:
     try:
         if keep_open:
             client.flush(client.settings.shutdown_timeout_s)

@@ -117,8 +117,15 @@ class _OneHostAdapter(WatchedAdapter):
         return resp
 
     def close(self) -> None:
-        """Close the pools; the cached one is among them."""
-        self._pool = None
+        """Close the pools and their connections.
+
+        The cached pool is closed explicitly: urllib3 2's ``PoolManager.clear()`` only
+        forgets its pools, whose sockets then stay open until garbage collection (one open
+        connection, and a server-side handler, per closed client).
+        """
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         super().close()
 
 

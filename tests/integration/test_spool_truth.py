@@ -116,7 +116,7 @@ def test_the_caller_never_waits_on_the_disk_lock(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
         holder.close()
         client.close(0.0)
-    keeper = client._keeper
+    keeper = client._pipeline.keeper
     # The journal needs no file lock: every event was written ahead. The shutdown spill
     # could not move them into line, so they stay in the journal, taken over later.
     assert keeper is not None and keeper.write_ahead_misses == 0 and keeper.settle_misses >= 1

@@ -1,0 +1,285 @@
+"""One client's machinery in one process: queue, books, engine, spool, replay.
+
+``CMSClient`` is the handle the application holds; ``Pipeline`` is what does the work, and
+nothing in it refers back to the handle. So a handle the application drops can be collected
+while its pipeline lives on: the process's registry (``_process``) holds the pipeline until
+it is closed, retires it when its handle is collected (deliver what was accepted, then
+stop the threads) and closes it at exit with the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import threading
+import time
+from typing import Callable, Optional
+
+from cms_shipper._config import Settings, wait_budget
+from cms_shipper._engine import Engine
+from cms_shipper._events import Event, event_of
+from cms_shipper._ledger import Ledger
+from cms_shipper._log import RateLimitedLog, logger
+from cms_shipper._outcomes import Reporter, dropped, invalid
+from cms_shipper._queue import EventQueue
+from cms_shipper._replay import Replayer
+from cms_shipper._settle import Settler
+from cms_shipper._spooling import REPLAYED, SpoolKeeper
+from cms_shipper._stats import snapshot
+from cms_shipper.errors import ValidationError
+from cms_shipper.results import FlushResult, Reason, Result, Stats, Tracked, TrackResult
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """The per-process machinery behind one ``CMSClient``; rebuilt in a forked child."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.closed = False
+        # Told once this pipeline is closed (the process's registry lets go of it).
+        self.on_closed: Callable[[Pipeline], None] = _nothing
+        self.keeper: Optional[SpoolKeeper] = None
+        if settings.spool_path and not settings.disabled:
+            self.keeper = SpoolKeeper(settings, RateLimitedLog())
+        self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        """Build the per-process machinery: at construction, and again in a forked child.
+
+        A child inherits copies of the parent's queue, locks (possibly held) and the
+        threads' state, but not the threads: it gets new ones, started lazily. The events
+        the parent had queued stay the parent's to deliver.
+        """
+        s = self.settings
+        self.pid = os.getpid()
+        self.retiring = False  # the handle was collected: settle what is left, then close
+        self.ledger = Ledger()
+        self._queue: EventQueue[Tracked] = EventQueue(s.max_queue_size, s.batch_size)
+        reporter = Reporter(s, RateLimitedLog())
+        self._settler = Settler(self.ledger, self._queue, reporter, self.keeper)
+        self._engine = Engine(
+            s, self._queue, key=_customer_key, settle=self._settler.sent, keeper=self.keeper
+        )
+        self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
+        self._ids = itertools.count(1)
+        # Random per client and process: ids stay unique across processes without paying
+        # for a uuid4 on every event.
+        self._id_prefix = f"evt_{secrets.token_hex(6)}_"
+        self._close_lock = threading.Lock()
+        self._closer: Optional[int] = None  # the thread inside close(), if any
+        self._close_result: Optional[FlushResult] = None
+        self.replayer: Optional[Replayer] = None
+        if self.keeper is not None and self.keeper.enabled:
+            self.replayer = Replayer(
+                self.keeper, self._submit_replayed, self._room, s.spool_replay_interval_s
+            )
+
+    def after_fork(self) -> None:
+        """In a forked child (pid changed): new machinery of its own; else nothing."""
+        if self.pid != os.getpid():
+            if self.keeper is not None:
+                self.keeper.reopen()  # a SQLite connection must not cross a fork
+            self._start_fresh()
+
+    def next_id(self) -> str:
+        """A new event id, unique across clients and processes."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    # -- tracking (caller's thread: no network, no raising) ----------------------------
+
+    def refuse(self, exc: ValidationError) -> TrackResult:
+        """The answer to an event that failed validation: counted, reported, never raised."""
+        try:
+            return self._settler.now(invalid(exc))
+        except Exception:
+            return self.internal_error(None)
+
+    def submit(self, event: Event) -> TrackResult:
+        """Queue a valid event (or settle it at once: closed, disabled, ``sync_mode``)."""
+        item: Optional[Tracked] = None
+        try:
+            if self.pid != os.getpid():
+                # Some servers fork without running os.register_at_fork hooks.
+                self.after_fork()
+            early = self._settled_at_once(event)
+            if early is not None:
+                return early
+            item = Tracked(event)
+            self.ledger.admit(item)
+            return self._enqueue(item, event)
+        except Exception:  # a bug of ours must never reach the caller, nor strand the event
+            return self.internal_error(item)
+
+    def _settled_at_once(self, event: Event) -> Optional[TrackResult]:
+        """The outcome of an event that is not queued: closed, disabled, or sync_mode."""
+        s = self.settings
+        if self.closed:
+            return self._settler.now(
+                dropped(event, Reason.CLOSED, "the client is closed; event not sent")
+            )
+        if s.disabled:
+            return self._settler.now(
+                dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
+            )
+        if not s.sync_mode:
+            return None
+        receipt = Tracked(event)
+        receipt._seq = next(self._sync_seqs)
+        if self.keeper is not None:
+            held = self.keeper.hold_back(receipt)  # older events of its customer wait?
+            if isinstance(held, Result):
+                return self._settler.now(held)
+        final = self._engine.delivery.send_now(receipt, s.retry_max_elapsed_s)
+        if self.keeper is not None:
+            final = self.keeper.settle([receipt], [final])[0]
+        return self._settler.now(final)
+
+    def _enqueue(self, result: Tracked, event: Event) -> TrackResult:
+        s = self.settings
+        if s.write_ahead and self.keeper is not None:
+            self.keeper.write_ahead(result)  # on disk before track_* returns
+        if not self._queue.put(result):
+            final = dropped(
+                event, Reason.QUEUE_FULL,
+                f"queue full (max_queue_size={s.max_queue_size}); event dropped",
+            )  # fmt: skip
+            final = self._settler.finish(result, final, queued=False)  # spooled, with a spool
+            return self._settler.returned(final)
+        if self.closed:
+            # close() ran meanwhile (in another thread, or a signal handler in this one) and
+            # may have settled the pending events before this one was admitted. Settle it
+            # here; if close() did see it, the ledger keeps the first outcome.
+            late = dropped(event, Reason.CLOSED, "the client closed while the event was tracked")
+            self._settler.finish(result, late)
+            return self._settler.returned(result.final or late)
+        self._engine.start()
+        if self.replayer is not None:
+            self.replayer.ensure_started()  # in a forked child, replay starts here
+        return TrackResult(
+            result, self.ledger, success=True, message="queued", event_id=event.event_id,
+            event=event,
+        )  # fmt: skip
+
+    def internal_error(self, result: Optional[Tracked]) -> TrackResult:
+        """A bug of ours inside ``track_*``: logged, counted, answered; never raised."""
+        logger.exception("internal error in track_*; event dropped and counted")
+        return self._settler.internal_error(result)
+
+    def _submit_replayed(self, event: Event) -> None:
+        """Feed an event claimed from the spool into the pipeline (the replay thread)."""
+        result = Tracked(event)
+        result._in_spool = REPLAYED
+        self.ledger.admit(result, replayed=True)
+        if not self._queue.put(result):
+            self._settler.finish(
+                result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False
+            )
+            return
+        self._engine.start()
+
+    def _room(self) -> int:
+        return self.settings.max_queue_size - self._queue.unfinished()
+
+    # -- flushing and lifecycle -------------------------------------------------------
+
+    def start_replay(self) -> None:
+        """Start the replay thread now: a process that only opens the client drains its spool."""
+        if self.replayer is not None:
+            self.replayer.ensure_started()
+
+    def wake(self) -> None:
+        """Send what is queued now rather than at the next batch or interval."""
+        self._queue.wake()
+
+    def pending(self) -> int:
+        """Events accepted here that have no outcome yet."""
+        return self.ledger.pending()
+
+    def retire(self) -> None:
+        """The handle is gone: claim nothing more from the spool, send what is queued now."""
+        self.retiring = True
+        if self.replayer is not None:
+            self.replayer.halt()
+        self._queue.wake()
+
+    def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
+        """``CMSClient.flush``: wait for the events pending now, at most ``timeout_s``."""
+        budget = wait_budget(timeout_s, self.settings.flush_timeout_s)
+        mark = self.ledger.mark()
+        self._queue.wake()
+        pending = self.ledger.wait_for(mark, time.monotonic() + budget)
+        return self._settler.flush_result(pending)
+
+    def close(
+        self, timeout_s: Optional[float] = None, *, deadline: Optional[float] = None
+    ) -> FlushResult:
+        """``CMSClient.close``: flush within the budget, settle the rest, stop; idempotent.
+
+        ``deadline`` (monotonic), when given, ends the wait earlier than ``timeout_s`` from
+        now: the exit hook closes every client of the process against one start.
+        """
+        budget = wait_budget(timeout_s, self.settings.shutdown_timeout_s)
+        deadline = min(time.monotonic() + budget, deadline if deadline is not None else 1e300)
+        budget_left = max(0.0, deadline - time.monotonic())
+        reporter = self._settler.reporter
+        if self._closer == threading.get_ident():
+            return self._snapshot()  # re-entered: a signal handler interrupted this close
+        # A callback must not wait for a close that is waiting for the callbacks to finish.
+        wait_s = 0.0 if reporter.on_callback_thread() else budget_left
+        if not self._close_lock.acquire(timeout=wait_s):
+            return self._snapshot()  # another close() is at work; this one keeps its deadline
+        try:
+            if self._close_result is None:
+                self._closer = threading.get_ident()
+                self._close_result = self._shut_down(budget, deadline)
+            return self._close_result
+        finally:
+            self._closer = None
+            self._close_lock.release()
+
+    def _shut_down(self, budget: float, deadline: float) -> FlushResult:
+        self.closed = True
+        if self.replayer is not None:
+            self.replayer.halt()  # claim nothing more from the spool
+        self.flush(max(0.0, deadline - time.monotonic()))
+        in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
+        result = self._snapshot()
+        abandoned = self.ledger.outstanding()
+        self._engine.stop(deadline, abandoned)
+        self._settler.abandon(abandoned, budget, in_flight)
+        self._engine.close_connections()
+        if self.keeper is not None and self._engine.in_flight() == 0:
+            # With requests still in flight the connection stays open, so a late
+            # answer can still remove its event's row (closed at interpreter exit).
+            self.keeper.close()
+        left = self._settler.reporter.drain(max(0.0, deadline - time.monotonic()))
+        if left:
+            logger.warning(
+                "%d callback(s) had not run by the end of the %g s close budget; "
+                "they run later on the callback thread if the process lives on",
+                left, budget,
+            )  # fmt: skip
+        self._settler.reporter.stop()  # the callback thread ends once its queue is empty
+        self.on_closed(self)
+        return result
+
+    def _snapshot(self) -> FlushResult:
+        return self._settler.flush_result(self.ledger.counts()["pending"])
+
+    def stats(self) -> Stats:
+        """``CMSClient.stats``: counts, queue, engine, spool."""
+        return snapshot(
+            self.ledger.snapshot(), self._queue.depth(), self._engine.snapshot(),
+            self.keeper, self.closed,
+        )  # fmt: skip
+
+
+def _nothing(_: Pipeline) -> None:
+    pass
+
+
+def _customer_key(result: Tracked) -> str:
+    return event_of(result).customer_key
