@@ -225,14 +225,20 @@ def _host_problem(value: object) -> str:
     except ValueError:
         return "it does not parse as a URL"
     rules = (
-        (parts.scheme in ("http", "https") and bool(parts.hostname),
-         "http:// or https:// and a host name are required"),
-        (not (parts.query or parts.fragment or "?" in text or "#" in text),
-         "no query (?...) or fragment (#...): a path prefix is fine"),
-        (parts.username is None and parts.password is None,
-         "no user:password@: the bearer token is the only credential"),
+        (
+            parts.scheme in ("http", "https") and bool(parts.hostname),
+            "http:// or https:// and a host name are required",
+        ),
+        (
+            not (parts.query or parts.fragment or "?" in text or "#" in text),
+            "no query (?...) or fragment (#...): a path prefix is fine",
+        ),
+        (
+            parts.username is None and parts.password is None,
+            "no user:password@: the bearer token is the only credential",
+        ),
         (not any(ch.isspace() for ch in text), "no spaces"),
-    )  # fmt: skip
+    )
     return next((rule for ok, rule in rules if not ok), "")
 
 

@@ -9,7 +9,16 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Callable, Optional
 
-__all__ = ["MAX_KINDS", "RateLimitedLog", "logger"]
+__all__ = ["MAX_ERROR_TEXT", "MAX_KINDS", "RateLimitedLog", "logger", "one_line"]
+
+MAX_ERROR_TEXT = 300  # characters of a non-JSON body or an error kept for results and logs
+
+
+def one_line(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """``text`` cut to ``limit`` characters on a single line (no forged log lines)."""
+    flat = " ".join(text[: limit + 1].split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
 
 logger = logging.getLogger("cms_shipper")
 

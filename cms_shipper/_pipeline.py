@@ -1,4 +1,4 @@
-"""One client's machinery in one process: queue, books, engine, spool, replay.
+"""One client's machinery in one process: queue, books, engine, durability.
 
 ``CMSClient`` is the handle the application holds; ``Pipeline`` is what does the work, and
 nothing in it refers back to the handle. So a handle the application drops can be collected
@@ -16,17 +16,12 @@ import threading
 import time
 from typing import Callable, Optional
 
+from cms_shipper._books import Ledger, Reporter, Settler, build_stats, dropped, invalid
 from cms_shipper._config import Settings, wait_budget
-from cms_shipper._engine import Engine
+from cms_shipper._durability import Durability
+from cms_shipper._engine import Engine, EventQueue
 from cms_shipper._events import Event, event_of
-from cms_shipper._ledger import Ledger
 from cms_shipper._log import RateLimitedLog, logger
-from cms_shipper._outcomes import Reporter, dropped, invalid
-from cms_shipper._queue import EventQueue
-from cms_shipper._replay import Replayer
-from cms_shipper._settle import Settler
-from cms_shipper._spooling import REPLAYED, SpoolKeeper
-from cms_shipper._stats import snapshot
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Reason, Result, Stats, Tracked, TrackResult
 
@@ -36,14 +31,12 @@ __all__ = ["Pipeline"]
 class Pipeline:
     """The per-process machinery behind one ``CMSClient``; rebuilt in a forked child."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, durability: Durability) -> None:
         self.settings = settings
         self.closed = False
         # Told once this pipeline is closed (the process's registry lets go of it).
         self.on_closed: Callable[[Pipeline], None] = _nothing
-        self.keeper: Optional[SpoolKeeper] = None
-        if settings.spool_path and not settings.disabled:
-            self.keeper = SpoolKeeper(settings, RateLimitedLog())
+        self.durability = durability
         self._start_fresh()
 
     def _start_fresh(self) -> None:
@@ -59,9 +52,13 @@ class Pipeline:
         self.ledger = Ledger()
         self._queue: EventQueue[Tracked] = EventQueue(s.max_queue_size, s.batch_size)
         reporter = Reporter(s, RateLimitedLog())
-        self._settler = Settler(self.ledger, self._queue, reporter, self.keeper)
+        self._settler = Settler(self.ledger, self._queue.task_done, reporter, self.durability)
         self._engine = Engine(
-            s, self._queue, key=_customer_key, settle=self._settler.sent, keeper=self.keeper
+            s,
+            self._queue,
+            key=_customer_key,
+            settle=self._settler.from_sender,
+            durability=self.durability,
         )
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
         self._ids = itertools.count(1)
@@ -71,17 +68,12 @@ class Pipeline:
         self._close_lock = threading.Lock()
         self._closer: Optional[int] = None  # the thread inside close(), if any
         self._close_result: Optional[FlushResult] = None
-        self.replayer: Optional[Replayer] = None
-        if self.keeper is not None and self.keeper.enabled:
-            self.replayer = Replayer(
-                self.keeper, self._submit_replayed, self._room, s.spool_replay_interval_s
-            )
+        self.durability.attach(self._submit_replayed, self._room)
 
     def after_fork(self) -> None:
         """In a forked child (pid changed): new machinery of its own; else nothing."""
         if self.pid != os.getpid():
-            if self.keeper is not None:
-                self.keeper.reopen()  # a SQLite connection must not cross a fork
+            self.durability.after_fork()  # no connection or lock may cross a fork
             self._start_fresh()
 
     def next_id(self) -> str:
@@ -93,7 +85,7 @@ class Pipeline:
     def refuse(self, exc: ValidationError) -> TrackResult:
         """The answer to an event that failed validation: counted, reported, never raised."""
         try:
-            return self._settler.now(invalid(exc))
+            return self._settler.at_once(invalid(exc))
         except Exception:
             return self.internal_error(None)
 
@@ -117,65 +109,63 @@ class Pipeline:
         """The outcome of an event that is not queued: closed, disabled, or sync_mode."""
         s = self.settings
         if self.closed:
-            return self._settler.now(
+            return self._settler.at_once(
                 dropped(event, Reason.CLOSED, "the client is closed; event not sent")
             )
         if s.disabled:
-            return self._settler.now(
+            return self._settler.at_once(
                 dropped(event, Reason.DISABLED, "disabled=True: validated, not sent", success=True)
             )
         if not s.sync_mode:
             return None
         receipt = Tracked(event)
         receipt._seq = next(self._sync_seqs)
-        if self.keeper is not None:
-            held = self.keeper.hold_back(receipt)  # older events of its customer wait?
-            if isinstance(held, Result):
-                return self._settler.now(held)
-        final = self._engine.delivery.send_now(receipt, s.retry_max_elapsed_s)
-        if self.keeper is not None:
-            final = self.keeper.settle([receipt], [final])[0]
-        return self._settler.now(final)
+        held = self.durability.hold_back(receipt)  # older events of its customer wait?
+        if isinstance(held, Result):
+            return self._settler.at_once(held)
+        final = self._engine.send_now(receipt, s.retry_max_elapsed_s)
+        return self._settler.at_once(self.durability.settle_one(receipt, final))
 
     def _enqueue(self, result: Tracked, event: Event) -> TrackResult:
         s = self.settings
-        if s.write_ahead and self.keeper is not None:
-            self.keeper.write_ahead(result)  # on disk before track_* returns
+        self.durability.write_ahead(result)  # with a spool's write_ahead: kept before returning
         if not self._queue.put(result):
             final = dropped(
-                event, Reason.QUEUE_FULL,
+                event,
+                Reason.QUEUE_FULL,
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
-            )  # fmt: skip
+            )
             final = self._settler.finish(result, final, queued=False)  # spooled, with a spool
-            return self._settler.returned(final)
+            return self._settler.answer(final)
         if self.closed:
             # close() ran meanwhile (in another thread, or a signal handler in this one) and
             # may have settled the pending events before this one was admitted. Settle it
             # here; if close() did see it, the ledger keeps the first outcome.
             late = dropped(event, Reason.CLOSED, "the client closed while the event was tracked")
             self._settler.finish(result, late)
-            return self._settler.returned(result.final or late)
+            return self._settler.answer(result.final or late)
         self._engine.start()
-        if self.replayer is not None:
-            self.replayer.ensure_started()  # in a forked child, replay starts here
+        self.durability.start_replay()  # in a forked child, replay starts here
         return TrackResult(
-            result, self.ledger, success=True, message="queued", event_id=event.event_id,
+            result,
+            self.ledger,
+            success=True,
+            message="queued",
+            event_id=event.event_id,
             event=event,
-        )  # fmt: skip
+        )
 
     def internal_error(self, result: Optional[Tracked]) -> TrackResult:
         """A bug of ours inside ``track_*``: logged, counted, answered; never raised."""
         logger.exception("internal error in track_*; event dropped and counted")
         return self._settler.internal_error(result)
 
-    def _submit_replayed(self, event: Event) -> None:
-        """Feed an event claimed from the spool into the pipeline (the replay thread)."""
-        result = Tracked(event)
-        result._in_spool = REPLAYED
+    def _submit_replayed(self, result: Tracked) -> None:
+        """Feed an event kept by durability back into the pipeline (its replay thread)."""
         self.ledger.admit(result, replayed=True)
         if not self._queue.put(result):
             self._settler.finish(
-                result, dropped(event, Reason.QUEUE_FULL, "queue full"), queued=False
+                result, dropped(result.event, Reason.QUEUE_FULL, "queue full"), queued=False
             )
             return
         self._engine.start()
@@ -186,9 +176,8 @@ class Pipeline:
     # -- flushing and lifecycle -------------------------------------------------------
 
     def start_replay(self) -> None:
-        """Start the replay thread now: a process that only opens the client drains its spool."""
-        if self.replayer is not None:
-            self.replayer.ensure_started()
+        """Start replay now: a process that only opens the client drains its spool."""
+        self.durability.start_replay()
 
     def wake(self) -> None:
         """Send what is queued now rather than at the next batch or interval."""
@@ -201,8 +190,7 @@ class Pipeline:
     def retire(self) -> None:
         """The handle is gone: claim nothing more from the spool, send what is queued now."""
         self.retiring = True
-        if self.replayer is not None:
-            self.replayer.halt()
+        self.durability.halt()
         self._queue.wake()
 
     def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
@@ -226,11 +214,11 @@ class Pipeline:
         budget_left = max(0.0, deadline - time.monotonic())
         reporter = self._settler.reporter
         if self._closer == threading.get_ident():
-            return self._snapshot()  # re-entered: a signal handler interrupted this close
+            return self._counts_now()  # re-entered: a signal handler interrupted this close
         # A callback must not wait for a close that is waiting for the callbacks to finish.
         wait_s = 0.0 if reporter.on_callback_thread() else budget_left
         if not self._close_lock.acquire(timeout=wait_s):
-            return self._snapshot()  # another close() is at work; this one keeps its deadline
+            return self._counts_now()  # another close() is at work; this one keeps its deadline
         try:
             if self._close_result is None:
                 self._closer = threading.get_ident()
@@ -242,39 +230,42 @@ class Pipeline:
 
     def _shut_down(self, budget: float, deadline: float) -> FlushResult:
         self.closed = True
-        if self.replayer is not None:
-            self.replayer.halt()  # claim nothing more from the spool
+        self.durability.halt()  # claim nothing more from the spool
         self.flush(max(0.0, deadline - time.monotonic()))
         in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
-        result = self._snapshot()
+        result = self._counts_now()
         abandoned = self.ledger.outstanding()
         self._engine.stop(deadline, abandoned)
         self._settler.abandon(abandoned, budget, in_flight)
         self._engine.close_connections()
-        if self.keeper is not None and self._engine.in_flight() == 0:
-            # With requests still in flight the connection stays open, so a late
-            # answer can still remove its event's row (closed at interpreter exit).
-            self.keeper.close()
+        if self._engine.in_flight() == 0:
+            # With requests still in flight the spool stays open, so a late answer can
+            # still remove its event's row (closed at interpreter exit).
+            self.durability.close()
         left = self._settler.reporter.drain(max(0.0, deadline - time.monotonic()))
         if left:
             logger.warning(
                 "%d callback(s) had not run by the end of the %g s close budget; "
                 "they run later on the callback thread if the process lives on",
-                left, budget,
-            )  # fmt: skip
+                left,
+                budget,
+            )
         self._settler.reporter.stop()  # the callback thread ends once its queue is empty
         self.on_closed(self)
         return result
 
-    def _snapshot(self) -> FlushResult:
+    def _counts_now(self) -> FlushResult:
         return self._settler.flush_result(self.ledger.counts()["pending"])
 
     def stats(self) -> Stats:
-        """``CMSClient.stats``: counts, queue, engine, spool."""
-        return snapshot(
-            self.ledger.snapshot(), self._queue.depth(), self._engine.snapshot(),
-            self.keeper, self.closed,
-        )  # fmt: skip
+        """``CMSClient.stats``: counts, queue, engine, durability."""
+        return build_stats(
+            self.ledger.tally(),
+            self._queue.depth(),
+            self._engine.state(),
+            self.durability.stats(),
+            self.closed,
+        )
 
 
 def _nothing(_: Pipeline) -> None:

@@ -3,7 +3,7 @@
 ``track_*`` validates in the caller's thread and hands the event to the client's pipeline
 (``_pipeline``), which queues it and returns in microseconds; its sender threads deliver in
 the background. The handle owns nothing that must outlive it: a dropped client is collected
-and its pipeline still delivers what it accepted (``_process``).
+and its pipeline still delivers what it accepted (``_lifecycle``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import os
 import time
 from typing import Any, Callable, Optional, Union
 
-from cms_shipper import _process
+from cms_shipper import _lifecycle
 from cms_shipper._config import Settings, default, resolve_settings
+from cms_shipper._durability import Durability, NoDurability
 from cms_shipper._events import build_lead, build_sale
+from cms_shipper._log import RateLimitedLog
 from cms_shipper._pipeline import Pipeline
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Result, Stats, TrackResult
@@ -61,20 +63,18 @@ class CMSClient:
 
         ``token`` and ``host`` fall back to ``CMS_BEARER_TOKEN`` and ``CMS_HOST``; an
         option left at None falls back to its environment variable, then its default.
-        The README's options table says what each one does.
+        docs/usage.md (Options) says what each one does.
         """
         # Every keyword argument given (None: not given, so environment or default).
         options = {k: v for k, v in locals().items() if k not in _POSITIONAL and v is not None}
         self._settings: Settings = resolve_settings(token, host, options)
         # Everything that works lives in the pipeline, which never refers back to this
         # handle: when the application drops the handle, the process's registry still
-        # delivers what it accepted, then ends its threads (see ``_process``).
-        self._pipeline = Pipeline(self._settings)
-        _process.register(self, self._pipeline)
+        # delivers what it accepted, then ends its threads (see ``_lifecycle``).
+        self._pipeline = Pipeline(self._settings, _durability(self._settings))
+        _lifecycle.register(self, self._pipeline)
         if self._settings.handle_sigterm:
-            from cms_shipper._sigterm import install  # noqa: PLC0415  # only when asked for
-
-            install(self._pipeline)
+            _lifecycle.install_sigterm(self._pipeline)
         # Eagerly: a process that only opens the client still delivers the spool's backlog.
         self._pipeline.start_replay()
 
@@ -110,11 +110,17 @@ class CMSClient:
         """Validate and queue a lead event; returns at once (see ``TrackResult.wait``)."""
         try:
             event = build_lead(
-                self._pipeline.next_id(), time.time(), event_name=event_name,
-                customer_external_id=customer_external_id, click_id=click_id,
-                customer_name=customer_name, customer_email=customer_email,
-                customer_avatar=customer_avatar, timestamp=timestamp, mode=mode,
-            )  # fmt: skip
+                self._pipeline.next_id(),
+                time.time(),
+                event_name=event_name,
+                customer_external_id=customer_external_id,
+                click_id=click_id,
+                customer_name=customer_name,
+                customer_email=customer_email,
+                customer_avatar=customer_avatar,
+                timestamp=timestamp,
+                mode=mode,
+            )
         except ValidationError as exc:
             return self._pipeline.refuse(exc)
         except Exception:  # a bug of ours must never reach the caller
@@ -137,12 +143,19 @@ class CMSClient:
         """Validate and queue a sale event (``amount`` in cents); returns at once."""
         try:
             event = build_sale(
-                self._pipeline.next_id(), time.time(), event_name=event_name,
-                customer_external_id=customer_external_id, invoice_id=invoice_id,
-                amount=amount, currency=currency, click_id=click_id,
-                customer_name=customer_name, customer_email=customer_email,
-                customer_avatar=customer_avatar, timestamp=timestamp,
-            )  # fmt: skip
+                self._pipeline.next_id(),
+                time.time(),
+                event_name=event_name,
+                customer_external_id=customer_external_id,
+                invoice_id=invoice_id,
+                amount=amount,
+                currency=currency,
+                click_id=click_id,
+                customer_name=customer_name,
+                customer_email=customer_email,
+                customer_avatar=customer_avatar,
+                timestamp=timestamp,
+            )
         except ValidationError as exc:
             return self._pipeline.refuse(exc)
         except Exception:  # a bug of ours must never reach the caller
@@ -179,9 +192,18 @@ class CMSClient:
     def stats(self) -> Stats:
         """A snapshot: counts by outcome and reason, queue depth, in flight, the API's health.
 
-        The keys are ``cms_shipper.results.Stats``'s (the README lists them).
+        The keys are ``cms_shipper.results.Stats``'s (docs/usage.md lists them).
         """
         return self._pipeline.stats()
 
 
 _POSITIONAL = frozenset({"self", "token", "host"})
+
+
+def _durability(settings: Settings) -> Durability:
+    """The durability implementation the settings ask for; imported only when configured."""
+    if settings.spool_path and not settings.disabled:
+        from cms_shipper._spool import SpoolKeeper  # noqa: PLC0415  # sqlite3, mmap: only here
+
+        return SpoolKeeper(settings, RateLimitedLog())
+    return NoDurability()

@@ -96,10 +96,17 @@ class Result(_ReadOnly):
         event: Optional[Event] = None,
     ) -> None:
         dict.__init__(
-            self, success=success, status_code=status_code, message=message, data=data,
-            error=error, details=dict(details) if details else None, event_id=event_id,
-            outcome=outcome, reason=reason,
-        )  # fmt: skip
+            self,
+            success=success,
+            status_code=status_code,
+            message=message,
+            data=data,
+            error=error,
+            details=dict(details) if details else None,
+            event_id=event_id,
+            outcome=outcome,
+            reason=reason,
+        )
         self.event = event
 
     @property
@@ -170,13 +177,15 @@ class Tracked:
     waiting in the queue then costs this record and its ``Event`` only.
     """
 
-    __slots__ = ("_final", "_in_spool", "_seq", "event")
+    __slots__ = ("_final", "_kept", "_seq", "event")
 
     def __init__(self, event: Optional[Event], final: Optional[Result] = None) -> None:
         self.event = event
         self._final = final
         self._seq = 0  # set by the ledger on admission
-        self._in_spool = 0  # its row in the on-disk spool: 0 none, else how (see _spooling)
+        # The durability implementation's own mark on the event (the spool: whether and how
+        # it has a row); 0 means none. Nothing else reads it.
+        self._kept = 0
 
     @property
     def event_id(self) -> Optional[str]:
@@ -214,8 +223,8 @@ class TrackResult(Result):
         return self._item._final
 
     @property
-    def _in_spool(self) -> int:
-        return self._item._in_spool
+    def _kept(self) -> int:
+        return self._item._kept
 
     def done(self) -> bool:
         """True once the event has its final outcome."""
@@ -258,13 +267,27 @@ class FlushResult(_ReadOnly):
     __slots__ = ()
 
     def __init__(
-        self, delivered: int, duplicate: int, rejected: int, failed: int, dropped: int,
-        pending: int, timed_out: bool, spooled: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        delivered: int,
+        duplicate: int,
+        rejected: int,
+        failed: int,
+        dropped: int,
+        pending: int,
+        timed_out: bool,
+        spooled: int = 0,
+    ) -> None:
         dict.__init__(
-            self, delivered=delivered, duplicate=duplicate, rejected=rejected, failed=failed,
-            dropped=dropped, pending=pending, timed_out=timed_out, spooled=spooled,
-        )  # fmt: skip
+            self,
+            delivered=delivered,
+            duplicate=duplicate,
+            rejected=rejected,
+            failed=failed,
+            dropped=dropped,
+            pending=pending,
+            timed_out=timed_out,
+            spooled=spooled,
+        )
 
     def _count(self, key: str) -> int:
         return int(dict.__getitem__(self, key))

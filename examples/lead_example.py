@@ -15,7 +15,7 @@ hook would still send the lead at exit, within ``shutdown_timeout_s``; but the s
 could not tell how it went.)
 
 The customer and click ids are this example's own, so it agrees with the other examples
-and with the README's command-line examples on one emulator, however often it runs.
+and with the documented command-line examples on one emulator, however often it runs.
 """
 
 import os

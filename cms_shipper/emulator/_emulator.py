@@ -54,13 +54,21 @@ class Emulator:
         if not (isinstance(port, int) and 0 <= port <= 65535):
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
         settings = Settings(
-            token=token, rate_limit=rate_limit, rate_limit_window_s=rate_limit_window_s,
-            latency_s=latency_s, error_rate=error_rate, error_status=error_status,
-            retry_after_s=retry_after_s, seed=seed, rate_limit_retry_after=rate_limit_retry_after,
-            trickle_interval_s=trickle_interval_s, reply_padding_bytes=reply_padding_bytes,
-            endless_reply=endless_reply, nested_reply_depth=nested_reply_depth,
+            token=token,
+            rate_limit=rate_limit,
+            rate_limit_window_s=rate_limit_window_s,
+            latency_s=latency_s,
+            error_rate=error_rate,
+            error_status=error_status,
+            retry_after_s=retry_after_s,
+            seed=seed,
+            rate_limit_retry_after=rate_limit_retry_after,
+            trickle_interval_s=trickle_interval_s,
+            reply_padding_bytes=reply_padding_bytes,
+            endless_reply=endless_reply,
+            nested_reply_depth=nested_reply_depth,
             log_requests=log_requests,
-        )  # fmt: skip
+        )
         self._state = State(settings)
         self._listener = Listener(host, port, self._state)
         self._stopped = threading.Event()
@@ -186,14 +194,21 @@ class Emulator:
     ) -> None:
         """Change settings from now on; arguments left out keep their value."""
         given: Dict[str, Any] = {
-            "latency_s": latency_s, "error_rate": error_rate, "error_status": error_status,
-            "rate_limit": rate_limit, "rate_limit_window_s": rate_limit_window_s,
-            "token": token, "retry_after_s": retry_after_s, "seed": seed,
+            "latency_s": latency_s,
+            "error_rate": error_rate,
+            "error_status": error_status,
+            "rate_limit": rate_limit,
+            "rate_limit_window_s": rate_limit_window_s,
+            "token": token,
+            "retry_after_s": retry_after_s,
+            "seed": seed,
             "rate_limit_retry_after": rate_limit_retry_after,
-            "trickle_interval_s": trickle_interval_s, "reply_padding_bytes": reply_padding_bytes,
-            "endless_reply": endless_reply, "nested_reply_depth": nested_reply_depth,
+            "trickle_interval_s": trickle_interval_s,
+            "reply_padding_bytes": reply_padding_bytes,
+            "endless_reply": endless_reply,
+            "nested_reply_depth": nested_reply_depth,
             "log_requests": log_requests,
-        }  # fmt: skip
+        }
         self._state.configure(**{k: v for k, v in given.items() if v is not _UNSET})
 
     def outage(

@@ -222,10 +222,12 @@ def _log_request(
     customer = payload.get("customerExternalId") if isinstance(payload, dict) else None
     logger.info(
         "%s %s %s customerExternalId=%s %.1f ms",
-        method, _shown(path), "-" if status is None else status,
+        method,
+        _shown(path),
+        "-" if status is None else status,
         "-" if customer is None else _shown(str(customer)),
         (time.monotonic() - started) * 1000.0,
-    )  # fmt: skip
+    )
 
 
 def _shown(text: str, limit: int = 120) -> str:

@@ -37,9 +37,10 @@ class Settings:
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
             raise ValueError("token must be a non-empty string, or None to accept any token")
         if self.rate_limit is not None and (
-            isinstance(self.rate_limit, bool) or not isinstance(self.rate_limit, int)
+            isinstance(self.rate_limit, bool)
+            or not isinstance(self.rate_limit, int)
             or self.rate_limit < 1
-        ):  # fmt: skip
+        ):
             raise ValueError(f"rate_limit must be None or an int >= 1, got {self.rate_limit!r}")
         _positive("rate_limit_window_s", self.rate_limit_window_s, allow_zero=False)
         _positive("latency_s", self.latency_s, allow_zero=True)

@@ -56,7 +56,7 @@ _NO_TOKEN_HINT = (
 _BAD_VALUE_HINT = (
     'settings.CMS_SHIPPER is a dict with "token", "host" (falling back to '
     f'{CMS_BEARER_TOKEN} and {CMS_HOST}) and "options" (a dict of CMSClient keyword '
-    "arguments, see the README's Options table)."
+    "arguments, see the Options table in docs/usage.md)."
 )
 
 

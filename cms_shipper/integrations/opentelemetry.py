@@ -87,41 +87,112 @@ def _circuit(stats: Mapping[str, Any]) -> Iterator[tuple[int, _Attrs]]:
 
 # The first one refreshes the snapshot for the others (see _Hub).
 _INSTRUMENTS = (
-    _Spec("counter", "cms_shipper.event.outcomes", "{event}",
-          "Events by final outcome and reason", _outcomes),
-    _Spec("counter", "cms_shipper.event.tracked", "{event}",
-          "Events tracked by this client", _key("tracked")),
-    _Spec("counter", "cms_shipper.event.replayed", "{event}",
-          "Events replayed from the spool", _key("replayed")),
-    _Spec("counter", "cms_shipper.event.responses", "{event}",
-          "Events by the HTTP status of their final answer", _statuses),
-    _Spec("updown", "cms_shipper.event.pending", "{event}",
-          "Events without a final outcome yet", _key("pending")),
-    _Spec("updown", "cms_shipper.queue.size", "{event}",
-          "Events waiting in the queue to be scheduled", _key("queue_depth")),
-    _Spec("updown", "cms_shipper.event.scheduled", "{event}",
-          "Events taken by the scheduler: waiting their turn, parked or in flight",
-          _key("scheduled")),
-    _Spec("updown", "cms_shipper.event.inflight", "{event}",
-          "Events being sent right now", _key("in_flight")),
-    _Spec("updown", "cms_shipper.circuit.status", "1",
-          "1 for the circuit's current state, 0 for the others", _circuit),
-    _Spec("updown", "cms_shipper.rate_limit.active", "1",
-          "1 while the API's rate limit pauses sending", _key("rate_limited")),
-    _Spec("gauge", "cms_shipper.rate_limit.remaining", "s",
-          "Until the rate-limit pause ends or the next probe",
-          lambda stats: [(float(stats["rate_limited_for_s"]), {})]),
-    _Spec("counter", "cms_shipper.request.uncharged", "{request}",
-          "Failed requests blamed on the API, charged to no event",
-          _key("uncharged_attempts")),
-    _Spec("counter", "cms_shipper.spool.write_ahead_misses", "{event}",
-          "Events the spool could not store ahead in time (kept in memory)",
-          _key("spool_write_ahead_misses")),
-    _Spec("counter", "cms_shipper.spool.errors", "{event}",
-          "Events whose spool row alone failed", _key("spool_errors")),
-    _Spec("counter", "cms_shipper.spool.settle_misses", "{batch}",
-          "Batches the spool was too busy to take in time", _key("spool_settle_misses")),
-)  # fmt: skip
+    _Spec(
+        "counter",
+        "cms_shipper.event.outcomes",
+        "{event}",
+        "Events by final outcome and reason",
+        _outcomes,
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.event.tracked",
+        "{event}",
+        "Events tracked by this client",
+        _key("tracked"),
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.event.replayed",
+        "{event}",
+        "Events replayed from the spool",
+        _key("replayed"),
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.event.responses",
+        "{event}",
+        "Events by the HTTP status of their final answer",
+        _statuses,
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.event.pending",
+        "{event}",
+        "Events without a final outcome yet",
+        _key("pending"),
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.queue.size",
+        "{event}",
+        "Events waiting in the queue to be scheduled",
+        _key("queue_depth"),
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.event.scheduled",
+        "{event}",
+        "Events taken by the scheduler: waiting their turn, parked or in flight",
+        _key("scheduled"),
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.event.inflight",
+        "{event}",
+        "Events being sent right now",
+        _key("in_flight"),
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.circuit.status",
+        "1",
+        "1 for the circuit's current state, 0 for the others",
+        _circuit,
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.rate_limit.active",
+        "1",
+        "1 while the API's rate limit pauses sending",
+        _key("rate_limited"),
+    ),
+    _Spec(
+        "gauge",
+        "cms_shipper.rate_limit.remaining",
+        "s",
+        "Until the rate-limit pause ends or the next probe",
+        lambda stats: [(float(stats["rate_limited_for_s"]), {})],
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.request.uncharged",
+        "{request}",
+        "Failed requests blamed on the API, charged to no event",
+        _key("uncharged_attempts"),
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.spool.write_ahead_misses",
+        "{event}",
+        "Events the spool could not store ahead in time (kept in memory)",
+        _key("spool_write_ahead_misses"),
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.spool.errors",
+        "{event}",
+        "Events whose spool row alone failed",
+        _key("spool_errors"),
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.spool.settle_misses",
+        "{batch}",
+        "Batches the spool was too busy to take in time",
+        _key("spool_settle_misses"),
+    ),
+)
 
 
 class Instrumentation:
@@ -164,7 +235,7 @@ class Instrumentation:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _snapshot(self, fresh: bool) -> Optional[Mapping[str, Any]]:
+    def _read_stats(self, fresh: bool) -> Optional[Mapping[str, Any]]:
         """This collection's ``stats()`` (taken anew when ``fresh``); None once closed."""
         with self._lock:
             client = self._client()
@@ -225,7 +296,7 @@ class _Hub:
             for member in members:
                 # Metrics must never break the host's collection: report nothing instead.
                 try:
-                    stats = member._snapshot(fresh)
+                    stats = member._read_stats(fresh)
                     if stats is not None:
                         observed.extend(
                             Observation(value, {**member._attributes, **attrs})

@@ -10,7 +10,7 @@ import time
 import tracemalloc
 
 from cms_shipper import Outcome
-from cms_shipper._transport import MAX_ERROR_TEXT
+from cms_shipper._engine.transport import MAX_ERROR_TEXT
 from cms_shipper.emulator import Emulator
 
 from .conftest import ClientFactory, adds_up, wait_until

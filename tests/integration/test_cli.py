@@ -221,7 +221,7 @@ def test_spool_status_replay_and_purge(cms_emulator: Emulator, tmp_path: Path) -
     replay = cli("spool", "replay", "--path", str(path), host=cms_emulator.url)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     summary = json.loads(replay.stdout)
-    assert summary["delivered"] == 12 and summary["left_in_spool"] == 0
+    assert summary["delivered"] == 12 and summary["left_kept"] == 0
     assert "12/12" in replay.stderr  # the progress bar reached the end
     assert len(cms_emulator.events) == 12
     _fill_spool(path, 3)

@@ -55,12 +55,14 @@ def run_example(
     )  # fmt: skip
 
 
-def readme_cli_lead_line() -> list[str]:
-    """The ``cms-shipper lead ...`` line of the README's Command line section, as argv."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Command line") : text.index("## Examples")]
+def documented_cli_lead_line() -> list[str]:
+    """The ``cms-shipper lead ...`` line of the docs' Command line section, as argv."""
+    text = (ROOT / "docs" / "emulator-and-cli.md").read_text(encoding="utf-8")
+    start = text.index("\n## Command line\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else len(text)]
     match = re.search(r"`(cms-shipper lead [^`]+)`", section)
-    assert match, "the README's Command line section shows no `cms-shipper lead` line"
+    assert match, "the docs' Command line section shows no `cms-shipper lead` line"
     return shlex.split(match.group(1))
 
 
@@ -162,13 +164,13 @@ def test_sale_example_tracks_the_sale_in_cents(cms_emulator: Emulator) -> None:
     assert_stamped_between(sale, start, time.time())
 
 
-def test_the_readme_cli_line_then_every_example_twice_agree_on_one_emulator(
+def test_the_documented_cli_line_then_every_example_twice_agree_on_one_emulator(
     cms_emulator: Emulator,
 ) -> None:
-    # As a user would try them against one `cms-shipper emulator`: the README's own
+    # As a user would try them against one `cms-shipper emulator`: the docs' own
     # command line first, then each example twice. No attribution conflict anywhere; a
     # repeated deferred set-up or sale is a duplicate (409), which is not an error.
-    argv = readme_cli_lead_line()
+    argv = documented_cli_lead_line()
     cli = subprocess.run(
         [sys.executable, "-m", "cms_shipper", *argv[1:]], env=example_env(cms_emulator),
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
@@ -183,7 +185,7 @@ def test_the_readme_cli_line_then_every_example_twice_agree_on_one_emulator(
     # cli lead, lead x2, deferred set-up + follow-up x2 (set-up again: 409), sale x2 (409)
     assert statuses == [200, 200, 200, 200, 200, 409, 200, 200, 409], statuses
     customers = {e.payload["customerExternalId"] for e in cms_emulator.events}
-    assert len(customers) == 4, customers  # the README's and one per example
+    assert len(customers) == 4, customers  # the docs' and one per example
 
 
 @pytest.mark.parametrize("name", ["lead_example.py", "deferred_example.py", "sale_example.py"])

@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
+from cms_shipper._books.outcomes import Reporter, from_reply
 from cms_shipper._config import Secret, Settings
-from cms_shipper._events import build_sale
+from cms_shipper._engine.transport import Transport
+from cms_shipper._events.build import build_sale
 from cms_shipper._log import RateLimitedLog
-from cms_shipper._outcomes import Reporter, from_reply
-from cms_shipper._transport import Transport
 from cms_shipper.emulator import Emulator
 from cms_shipper.results import Outcome, Reason
 

@@ -1,5 +1,7 @@
-"""The README's Quick start and Frameworks sections, run as written.
+"""The README's "Demo and tests" commands and the docs' Frameworks page, run as written.
 
+A section is found by its heading, in the README or in any page under ``docs/``: the one
+heading with that title (outside code blocks), up to the next heading of its level or above.
 Each "Frameworks" subsection's python blocks are written, exactly as they stand, into a
 fresh directory under the file name their first line gives (``# flask_app.py``), then
 ``apps/readme_frameworks.py`` drives them there in a subprocess: one signup carrying the
@@ -22,14 +24,20 @@ from cms_shipper.emulator import Emulator
 from .conftest import TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The README and every docs page, by path: sections are looked up by heading in all of them.
+PAGES = {
+    path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+}
 DRIVER = Path(__file__).resolve().parent / "apps" / "readme_frameworks.py"
 FRAMEWORK_EXAMPLES = ROOT / "examples" / "frameworks"
 RUN_TIMEOUT_S = 90.0
 RUFF = str(Path(sys.executable).with_name("ruff"))  # installed by the dev extra
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 FILE_NAME = re.compile(r"\A# (\w+\.py)\b")
-# README subsection -> the driver's name for it
+HEADING = re.compile(r"^(#{1,6}) (.+)$")
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# Frameworks subsection -> the driver's name for it
 SECTIONS = {
     "Flask": "flask",
     "Django": "django",
@@ -40,13 +48,44 @@ SECTIONS = {
 }
 
 
-def section(title: str, level: str = "##") -> str:
-    """The text of a README section, up to the next heading of its level or above."""
-    start = README.index(f"\n{level} {title}\n")
-    # (no "#" level: lines starting "# " are comments inside the code blocks)
-    stops = [README.find(f"\n{h} ", start + 1) for h in ("##", level)]
-    ends = [i for i in stops if i != -1]
-    return README[start : min(ends) if ends else len(README)]
+def headings(text: str) -> list[tuple[int, int, str]]:
+    """(offset, level, title) of each Markdown heading of ``text``, outside code blocks.
+
+    (Lines starting "# " inside code blocks are comments, not headings.)
+    """
+    found: list[tuple[int, int, str]] = []
+    offset, fenced = 0, False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            match = HEADING.match(line.rstrip("\n"))
+            if match:
+                found.append((offset, len(match.group(1)), match.group(2)))
+        offset += len(line)
+    return found
+
+
+def section(title: str) -> str:
+    """The text of the one section so titled, in the README or a docs page.
+
+    From its heading up to the next heading of its level or above (or the page's end).
+    """
+    found: list[tuple[str, str]] = []
+    for page, text in PAGES.items():
+        marks = headings(text)
+        for i, (start, level, name) in enumerate(marks):
+            if name == title:
+                ends = [offset for offset, deeper, _ in marks[i + 1 :] if deeper <= level]
+                found.append((page, text[start : ends[0] if ends else len(text)]))
+    assert len(found) == 1, f"{len(found)} sections titled {title!r}: {[p for p, _ in found]}"
+    return found[0][1]
+
+
+def subsections(title: str) -> list[str]:
+    """The titles of the headings one level below the section's own, in order."""
+    (_, level, _), *rest = headings(section(title))
+    return [name for _, deeper, name in rest if deeper == level + 1]
 
 
 def blocks(text: str, *languages: str) -> list[str]:
@@ -57,7 +96,7 @@ def blocks(text: str, *languages: str) -> list[str]:
 def framework_files(title: str) -> dict[str, str]:
     """The section's python blocks by the file name their first line gives."""
     files: dict[str, str] = {}
-    for code in blocks(section(title, "###"), "python"):
+    for code in blocks(section(title), "python"):
         name = FILE_NAME.match(code)
         assert name, f"{title}: a python block does not say which file it is:\n{code}"
         files[name.group(1)] = code
@@ -72,13 +111,13 @@ def env_for(emulator: Emulator, **extra: str) -> dict[str, str]:
 
 
 def test_the_frameworks_section_has_exactly_the_subsections_driven_here() -> None:
-    titles = re.findall(r"^### (.+)$", section("Frameworks"), re.MULTILINE)
+    titles = subsections("Frameworks")
     assert titles == list(SECTIONS)
 
 
 @pytest.mark.parametrize("title", list(SECTIONS))
 def test_each_framework_section_shows_imports_and_how_to_run(title: str) -> None:
-    text = section(title, "###")
+    text = section(title)
     files = framework_files(title)
     assert files, title
     for name, code in files.items():
@@ -91,7 +130,7 @@ def test_each_framework_section_shows_imports_and_how_to_run(title: str) -> None
         assert lint.returncode == 0, f"{title}: {name}: {lint.stdout}{lint.stderr}"
         imports = [line for line in code.splitlines() if line.startswith(("import ", "from "))]
         example = FRAMEWORK_EXAMPLES / name
-        if example.exists():  # the README's imports are the example's own
+        if example.exists():  # the page's imports are the example's own
             source = example.read_text(encoding="utf-8")
             assert [line for line in imports if line not in source] == [], (title, name)
     commands = "\n".join(blocks(text, "bash", "sh"))
@@ -136,13 +175,13 @@ def test_the_django_sections_start_up_error_is_what_django_prints(
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
-    (shown,) = [b for b in blocks(section("Django", "###"), "") if "cms_shipper.E001" in b]
+    (shown,) = [b for b in blocks(section("Django"), "") if "cms_shipper.E001" in b]
     for line in shown.strip().splitlines()[1:]:  # below "ERRORS:", what Django prints
         assert line in done.stderr, (line, done.stderr)
 
 
-def test_quick_start_installs_only_what_each_command_needs() -> None:
-    demo, tests = blocks(section("Quick start"), "bash")
+def test_the_demo_and_tests_section_installs_only_what_each_command_needs() -> None:
+    demo, tests = blocks(section("Demo and tests"), "bash")
     assert demo.strip() == "pip install -e . && cms-shipper demo"
     assert tests.strip() == "pip install -e '.[dev]' && python -m pytest"
 
@@ -160,6 +199,35 @@ def test_the_demo_tracks_exactly_the_events_asked_and_explains_its_counts() -> N
     assert "None" not in done.stdout  # the lost answers are named, not shown as None
     # The emulator loses 2 answers after recording; the summary says what they are.
     assert "no answer x2 (recorded, then the connection closed: a lost answer)" in done.stdout
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``text`` (``## What `success` means``:
+    ``what-success-means``; a repeated one gets ``-1``, ``-2``...)."""
+    found: set[str] = set()
+    for _, _, title in headings(text):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n, unique = 0, slug
+        while unique in found:
+            n += 1
+            unique = f"{slug}-{n}"
+        found.add(unique)
+    return found
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_resolves() -> None:
+    broken: list[str] = []
+    for page, text in PAGES.items():
+        for target in LINK.findall(FENCE.sub("", text)):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            file = (ROOT / page).parent / path if path else ROOT / page
+            if not file.exists():
+                broken.append(f"{page}: {target}: no such file")
+            elif anchor and anchor not in anchors(file.read_text(encoding="utf-8")):
+                broken.append(f"{page}: {target}: no such heading")
+    assert broken == []
 
 
 def test_the_license_is_the_mit_license_pyproject_names() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cms_shipper import CMSClient, Outcome
-from cms_shipper._spool_open import read_status
+from cms_shipper._spool.status import read_status
 from cms_shipper.emulator import Emulator
 
 from .conftest import FAST, TOKEN, adds_up, unused_port, wait_until
@@ -202,7 +202,7 @@ REPLAYER = textwrap.dedent(
     import sqlite3, sys, time
     from cms_shipper import CMSClient
 
-    from cms_shipper._spool_open import read_status
+    from cms_shipper._spool.status import read_status
 
     def rows_left(path):
         return read_status(path).total

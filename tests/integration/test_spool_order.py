@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cms_shipper import CMSClient, Outcome, Reason
-from cms_shipper._spool_open import read_status
+from cms_shipper._spool.status import read_status
 from cms_shipper.emulator import Emulator
 
 from .conftest import FAST, TOKEN, adds_up, unused_port, wait_until
@@ -124,7 +124,7 @@ FIRST = textwrap.dedent(
     client = CMSClient(spool_path=sys.argv[1], write_ahead=ending == "killed",
                        shutdown_timeout_s=0.5, flush_interval_s=0.01)
     r = client.track_lead("signup", "alice", click_id="clk-alice", mode="deferred")
-    print(f"pid {os.getpid()} in_spool {bool(r._in_spool)}", flush=True)
+    print(f"pid {os.getpid()} in_spool {bool(r._kept)}", flush=True)
     if ending == "killed":
         import time
         time.sleep(600)
@@ -138,7 +138,7 @@ SECOND = textwrap.dedent(
     import sqlite3, sys, time
     from cms_shipper import CMSClient
 
-    from cms_shipper._spool_open import read_status
+    from cms_shipper._spool.status import read_status
 
     def rows():
         return read_status(sys.argv[1]).total

@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from cms_shipper._spool_open import read_status
+from cms_shipper._spool.status import read_status
 from cms_shipper.emulator import Emulator
 
 from .conftest import TOKEN, wait_until
@@ -114,7 +114,7 @@ BUSY_SIBLING = textwrap.dedent(
     i = 0
     while True:
         r = client.track_lead(f"sib-{i}", f"s{i % 5}", click_id="k")
-        if r._in_spool:  # a write-ahead miss (busy: its own hog) is in memory only
+        if r._kept:  # a write-ahead miss (busy: its own hog) is in memory only
             print(f"accepted sib-{i}", flush=True)
         i += 1
         time.sleep(0.005)
@@ -190,7 +190,7 @@ KILLED = textwrap.dedent(
         r = client.track_sale(name, f"c{i % 7}", f"inv-{name}", 100, "USD", click_id="k")
         assert r.success, r
         # Only a write-ahead miss (the file busy past 5 ms: counted) is in memory only.
-        print(f"{'accepted' if r._in_spool else 'memory'} inv-{name}", flush=True)
+        print(f"{'accepted' if r._kept else 'memory'} inv-{name}", flush=True)
     print("done", flush=True)
     import time
     time.sleep(600)
@@ -203,7 +203,7 @@ DRAINER = textwrap.dedent(
     import sqlite3, sys, time
     from cms_shipper import CMSClient
 
-    from cms_shipper._spool_open import read_status
+    from cms_shipper._spool.status import read_status
 
     def rows(path):
         return read_status(path).total

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from cms_shipper import CMSClient
-from cms_shipper._events import Event
+from cms_shipper._books.outcomes import dropped
+from cms_shipper._events.build import Event
 from cms_shipper._log import RateLimitedLog
-from cms_shipper._outcomes import dropped
-from cms_shipper._spool import Spool
-from cms_shipper._spool_open import read_status
-from cms_shipper._spooling import SpoolKeeper
+from cms_shipper._spool.keeper import SpoolKeeper
+from cms_shipper._spool.status import read_status
+from cms_shipper._spool.store import Spool
 from cms_shipper.emulator import Emulator
 from cms_shipper.results import Outcome, Reason, Tracked
 
@@ -87,9 +87,9 @@ def test_spool_replay_against_a_closed_port_keeps_its_deadline_and_adds_up(
     assert done.returncode == 1
     summary = json.loads(done.stdout)
     removed = sum(summary[k] for k in ("delivered", "duplicate", "rejected", "failed", "dropped"))
-    assert summary["in_spool_before"] == 6 and summary["left_in_spool"] == 6
+    assert summary["in_spool_before"] == 6 and summary["left_kept"] == 6
     assert summary["in_spool_before"] + summary["added_by_others"] == (
-        removed + summary["left_in_spool"]
+        removed + summary["left_kept"]
     )
     assert summary["added_by_others"] == 0
     assert "refused" in summary["cause"].lower() or "connect" in summary["cause"].lower()
@@ -116,7 +116,7 @@ def test_the_caller_never_waits_on_the_disk_lock(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
         holder.close()
         client.close(0.0)
-    keeper = client._pipeline.keeper
+    keeper = client._pipeline.durability
     # The journal needs no file lock: every event was written ahead. The shutdown spill
     # could not move them into line, so they stay in the journal, taken over later.
     assert keeper is not None and keeper.write_ahead_misses == 0 and keeper.settle_misses >= 1
@@ -159,7 +159,7 @@ def test_spool_commands_count_a_dead_processs_journal(
     done = cli("spool", "replay", "--path", str(path), "--timeout-s", "10", host=cms_emulator.url)
     summary = json.loads(done.stdout)
     assert summary["in_spool_before"] == 4 and summary["delivered"] == 4, done.stdout
-    assert summary["left_in_spool"] == 0 and read_status(str(path)).total == 0
+    assert summary["left_kept"] == 0 and read_status(str(path)).total == 0
     again = Spool(path, owner="again")
     assert again.write_ahead(lead("b0", "c0")) > 0
     again._db.close()  # type: ignore[union-attr]

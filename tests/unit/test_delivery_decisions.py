@@ -8,12 +8,12 @@ from typing import Any, Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cms_shipper._delivery import Delivery
-from cms_shipper._dispatcher import Action
-from cms_shipper._events import build_lead
-from cms_shipper._health import HealthGate
-from cms_shipper._retry import RetryPolicy
-from cms_shipper._transport import Reply
+from cms_shipper._engine.delivery import Delivery
+from cms_shipper._engine.dispatcher import Action
+from cms_shipper._engine.health import HealthGate
+from cms_shipper._engine.retry import RetryPolicy
+from cms_shipper._engine.transport import Reply
+from cms_shipper._events.build import build_lead
 from cms_shipper.results import Outcome, Tracked
 
 _JSON = st.recursive(

@@ -7,9 +7,9 @@ import time
 from collections import defaultdict
 from typing import Any, Callable
 
-from cms_shipper._dispatcher import Action, Dispatcher, Step
-from cms_shipper._health import HealthGate, Ticket
-from cms_shipper._queue import EventQueue
+from cms_shipper._engine.dispatcher import Action, Dispatcher, Step
+from cms_shipper._engine.health import HealthGate, Ticket
+from cms_shipper._engine.queue import EventQueue
 
 Item = tuple[str, int]  # (customer, n)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cms_shipper._health import MAX_PROBE_WAIT_S, OUTAGE_STREAK, HealthGate, Ticket
+from cms_shipper._engine.health import MAX_PROBE_WAIT_S, OUTAGE_STREAK, HealthGate, Ticket
 
 
 class Clock:
@@ -34,7 +34,7 @@ def test_closed_gate_admits_everything() -> None:
     g = gate(Clock())
     tickets = [admitted(g) for _ in range(100)]
     assert not any(t.probe for t in tickets)
-    assert g.snapshot()["circuit"] == "closed"
+    assert g.state()["circuit"] == "closed"
 
 
 def test_429_with_retry_after_pauses_everybody_until_then() -> None:
@@ -45,10 +45,10 @@ def test_429_with_retry_after_pauses_everybody_until_then() -> None:
     g.on_rate_limited(second, 5.0)  # already on the wire: never shortens the pause
     ticket, wait = g.admit()
     assert ticket is None and wait == pytest.approx(30.0)
-    assert g.snapshot()["rate_limited_for_s"] == pytest.approx(30.0)
+    assert g.state()["rate_limited_for_s"] == pytest.approx(30.0)
     clock.now += 30.0
     assert not admitted(g).probe  # Retry-After passed: everybody goes again
-    assert g.snapshot()["rate_limited"] is False
+    assert g.state()["rate_limited"] is False
     assert g.paused_total() == pytest.approx(30.0)
 
 
@@ -94,7 +94,7 @@ def test_429_without_retry_after_probes_after_a_growing_pause() -> None:
     clock.now += g.admit()[1]
     probe = admitted(g)
     assert g.on_answer(probe) is True  # the probe's success resumes sending
-    assert not admitted(g).probe and g.snapshot()["rate_limited"] is False
+    assert not admitted(g).probe and g.state()["rate_limited"] is False
 
 
 def test_an_old_request_answered_during_a_rate_limit_pause_changes_nothing() -> None:
@@ -113,7 +113,7 @@ def test_unreachable_api_opens_the_circuit_at_once_and_charges_nothing() -> None
     verdict = g.on_trouble(admitted(g), "a", 1, "ConnectionError: refused", unreachable=True)
     assert (verdict.charge, verdict.paused) == (False, True)
     assert g.on_trouble(in_flight, "b", 2, "refused", unreachable=True).charge is False
-    snapshot = g.snapshot()
+    snapshot = g.state()
     assert snapshot["circuit"] == "open" and snapshot["uncharged_attempts"] == 2
     ticket, wait = g.admit()
     assert ticket is None and 0.25 <= wait <= 0.5
@@ -129,13 +129,13 @@ def test_circuit_probes_with_capped_jittered_backoff_and_closes_on_first_answer(
         waits.append(wait)
         clock.now += wait
         probe = admitted(g)
-        assert probe.probe and g.snapshot()["circuit"] == "probing"
+        assert probe.probe and g.state()["circuit"] == "probing"
         assert g.on_trouble(probe, "a", 1, "refused", unreachable=True).charge is False
     assert all(w <= MAX_PROBE_WAIT_S for w in waits)
     assert waits[-1] >= MAX_PROBE_WAIT_S / 2  # grew to the cap
     clock.now += g.admit()[1]
     assert g.on_answer(admitted(g)) is True
-    assert g.snapshot()["circuit"] == "closed"
+    assert g.state()["circuit"] == "closed"
     assert not admitted(g).probe
 
 
@@ -144,7 +144,7 @@ def test_one_customers_failures_are_its_own_and_charged() -> None:
     for _ in range(20):
         assert g.on_trouble(admitted(g), "bad", 1, "HTTP 503").charge
         g.on_answer(admitted(g))  # others keep succeeding
-    assert g.snapshot()["circuit"] == "closed"
+    assert g.state()["circuit"] == "closed"
 
 
 def test_failures_across_customers_are_refunded_and_then_open_the_circuit() -> None:
@@ -157,7 +157,7 @@ def test_failures_across_customers_are_refunded_and_then_open_the_circuit() -> N
     for n in range(3, OUTAGE_STREAK):
         verdict = g.on_trouble(admitted(g), f"c{n}", n, "HTTP 503")
         assert verdict.charge is False
-    assert verdict.paused and g.snapshot()["circuit"] == "open"
+    assert verdict.paused and g.state()["circuit"] == "open"
 
 
 def test_transitions_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:

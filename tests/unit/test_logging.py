@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cms_shipper._books.outcomes import Reporter, from_reply, invalid
 from cms_shipper._config import Settings
-from cms_shipper._events import Event, build_lead, build_sale
+from cms_shipper._engine.transport import Reply
+from cms_shipper._events.build import Event, build_lead, build_sale
 from cms_shipper._log import MAX_KINDS, RateLimitedLog
-from cms_shipper._outcomes import Reporter, from_reply, invalid
-from cms_shipper._transport import Reply
 from cms_shipper.emulator._validation import validate
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import Outcome, Reason, Result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cms_shipper._queue import EventQueue
+from cms_shipper._engine.queue import EventQueue
 
 
 def test_bound_counts_unfinished_items_not_just_waiting_ones() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 import cms_shipper
 from cms_shipper import FlushResult, Outcome, Reason, Result, TrackResult
-from cms_shipper._ledger import Ledger
+from cms_shipper._books.ledger import Ledger
 from cms_shipper._log import RateLimitedLog
 from cms_shipper.results import Tracked
 
@@ -68,7 +68,7 @@ def test_ledger_resolves_once_and_counts_add_up() -> None:
     assert not ledger.resolve(first._item, _final(Outcome.DROPPED, Reason.SHUTDOWN))  # first wins
     assert ledger.resolve(second._item, _final(Outcome.REJECTED, Reason.HTTP_ERROR, 401))
     ledger.record(_final(Outcome.REJECTED, Reason.INVALID, 422))
-    snap = ledger.snapshot()
+    snap = ledger.tally()
     assert snap["tracked"] == 4 and snap["pending"] == 1
     outcomes = sum(snap[o.value] for o in Outcome)
     assert outcomes + snap["pending"] == snap["tracked"]
@@ -121,9 +121,9 @@ def test_rate_limited_log_counts_suppressed_repeats(caplog: pytest.LogCaptureFix
 
 
 def test_server_text_reaches_results_bounded_and_on_one_line() -> None:
-    from cms_shipper._events import build_lead
-    from cms_shipper._outcomes import from_reply
-    from cms_shipper._transport import MAX_ERROR_TEXT, Reply
+    from cms_shipper._books.outcomes import from_reply
+    from cms_shipper._engine.transport import MAX_ERROR_TEXT, Reply
+    from cms_shipper._events.build import build_lead
 
     event = build_lead("evt_1", 0.0, event_name="signup", customer_external_id="u1")
     body = {

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cms_shipper._retry import Kind, RetryPolicy, classify, final_outcome
-from cms_shipper._transport import Reply
+from cms_shipper._engine.retry import Kind, RetryPolicy, classify, final_outcome
+from cms_shipper._engine.transport import Reply
 from cms_shipper.results import Outcome, Reason
 
 

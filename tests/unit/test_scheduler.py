@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from cms_shipper._scheduler import Scheduler
+from cms_shipper._engine.scheduler import Scheduler
 
 
 def drain_in_order(sched: Scheduler[str]) -> list[str]:

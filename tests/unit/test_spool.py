@@ -13,14 +13,15 @@ from typing import Callable
 
 import pytest
 
-from cms_shipper import CMSClient, _spool_ahead
-from cms_shipper._events import Event, build_lead, build_sale
+from cms_shipper import CMSClient
+from cms_shipper._books.outcomes import dropped
+from cms_shipper._events.build import Event, build_lead, build_sale
 from cms_shipper._log import RateLimitedLog
-from cms_shipper._outcomes import dropped
-from cms_shipper._spool import Ahead, Spool, SpoolBusy, SpoolError
-from cms_shipper._spool_ahead import FULL, Journal, journal_files, read_live
-from cms_shipper._spool_open import read_status
-from cms_shipper._spooling import SPILLED, SpoolKeeper
+from cms_shipper._spool import journal as _spool_ahead
+from cms_shipper._spool.journal import FULL, Journal, journal_files, read_live
+from cms_shipper._spool.keeper import SPILLED, SpoolKeeper
+from cms_shipper._spool.status import read_status
+from cms_shipper._spool.store import JournalRecord, Spool, SpoolBusy, SpoolError
 from cms_shipper.results import Outcome, Reason, Result, Tracked
 
 
@@ -288,7 +289,7 @@ def test_lines_hold_a_customer_back_while_its_older_events_wait_or_replay(tmp_pa
     held = a.lines.holds_back
     handle = a.write_ahead(lead(0, "x"))  # written ahead: a live event of ours
     assert handle > 0 and not held("x")
-    a.apply(move=[Ahead(handle, lead(0, "x"))])  # spilled: it waits in the spool now
+    a.apply(move=[JournalRecord(handle, lead(0, "x"))])  # spilled: it waits in the spool now
     assert held("x") and not held("y")
     assert [e.event_id for e in a.claim(10)] == ["e0"]
     assert held("x")  # replaying: still before x's new events
@@ -317,7 +318,9 @@ def test_refresh_sees_other_processes_rows_and_a_dead_owners(tmp_path: Path) -> 
 
 
 def keeper(path: Path) -> SpoolKeeper:
-    settings = CMSClient(token="t" * 32, spool_path=str(path), disabled=True).settings
+    settings = CMSClient(
+        token="t" * 32, spool_path=str(path), disabled=True, write_ahead=True
+    ).settings
     return SpoolKeeper(settings, RateLimitedLog())
 
 
@@ -329,7 +332,7 @@ def delivered(event: Event) -> Result:
 def written_ahead(keep: SpoolKeeper, event: Event) -> Tracked:
     item = Tracked(event)
     keep.write_ahead(item)
-    assert item._in_spool > 0  # its handle in the journal
+    assert item._kept > 0  # its handle in the journal
     return item
 
 
@@ -339,7 +342,7 @@ def test_a_spilled_written_ahead_event_moves_into_line(tmp_path: Path) -> None:
     assert rows(tmp_path / "s.db") == (0, 1)
     failed = dropped(item.event, Reason.SHUTDOWN, "not delivered within 1 s of close")
     (out,) = keep.settle([item], [failed])
-    assert out.outcome is Outcome.SPOOLED and item._in_spool == SPILLED
+    assert out.outcome is Outcome.SPOOLED and item._kept == SPILLED
     assert rows(tmp_path / "s.db") == (1, 0)  # moved: waiting in line, no longer ours
     assert keep._spool is not None and keep._spool.lines.holds_back("x")
     keep.close()
@@ -353,7 +356,7 @@ def test_a_held_back_written_ahead_event_moves_behind_its_customers(tmp_path: Pa
     newer = written_ahead(keep, lead(1, "x"))
     held = keep.hold_back(newer)
     assert isinstance(held, Result) and held.reason is Reason.BEHIND_SPOOLED
-    assert newer._in_spool == SPILLED and rows(tmp_path / "s.db") == (2, 0)
+    assert newer._kept == SPILLED and rows(tmp_path / "s.db") == (2, 0)
     assert [e.event_id for e in keep.claim(10)] == ["e0", "e1"]  # in tracking order
     keep.close()
 

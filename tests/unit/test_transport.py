@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cms_shipper._transport import (
+from cms_shipper._engine.transport import (
     MAX_ERROR_TEXT,
     MAX_REPLY_BYTES,
     one_line,

@@ -11,7 +11,7 @@ import pytest
 from freezegun import freeze_time
 
 from cms_shipper import CMSClient, Outcome, Reason
-from cms_shipper._events import build_lead, build_sale, format_timestamp
+from cms_shipper._events.build import build_lead, build_sale, format_timestamp
 from cms_shipper.errors import ValidationError
 
 LEAD = {"event_name": "signup", "customer_external_id": "user_42", "click_id": "clk_1"}

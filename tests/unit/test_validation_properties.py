@@ -25,8 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cms_shipper import CMSClient
-from cms_shipper._checks import MAX_AMOUNT, show
-from cms_shipper._events import Event, build_lead, build_sale
+from cms_shipper._events.build import Event, build_lead, build_sale
+from cms_shipper._events.checks import MAX_AMOUNT, show
 from cms_shipper.errors import ValidationError
 
 # Counts that keep the whole module within a few seconds.

@@ -1,0 +1,346 @@
+"""The client's use of the on-disk spool: write-ahead, spills, settling rows, replay.
+
+The spool (``_spool.Spool``) only stores; this module decides. An event that would be lost
+(queue full, retries exhausted on a retryable failure, still pending at shutdown) is
+spooled instead, and one with a final answer (delivered, duplicate, rejected) has its row
+removed (a written-ahead event's journal record is marked done; a spilled or held-back one
+is moved into line; ``_spool_plan`` sorts them). Per-customer order holds
+through the spool: while an older event of a customer waits in the spool (or is being
+replayed), a newer one is not sent but saved behind it (``hold_back``), and claims replay
+each customer's events in tracking order.
+Spool trouble is logged and counted and never reaches the host: the client goes
+on in memory. ``track_*``'s write-ahead never waits for the file (the journal is memory-
+mapped, ``_spool_ahead``), and every other wait is bounded (``SETTLE_WAIT_S``, ...), so
+neither ``track_*`` nor ``close()`` waits on another process's disk lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Callable, Optional, Union
+
+from cms_shipper._config import Settings
+from cms_shipper._durability import DurabilityStats
+from cms_shipper._events import Event, event_of
+from cms_shipper._log import RateLimitedLog, logger
+from cms_shipper._spool.plan import REPLAYED, SPILLED, Plan, held_back, outcomes
+from cms_shipper._spool.replay import Replayer
+from cms_shipper._spool.store import (
+    FAILED,
+    FULL,
+    Added,
+    JournalRecord,
+    Spool,
+    SpoolBusy,
+    SpoolError,
+)
+from cms_shipper.results import Result, Tracked
+
+__all__ = ["SpoolKeeper"]
+
+SETTLE_WAIT_S = 0.25  # settling (and the shutdown spill) waits at most this
+OPEN_WAIT_S = 1.0  # opening waits at most this for a busy file, then retries on heartbeat
+HOLD_WAIT_S = 0.05  # a sender saving an event behind its customer's waits at most this...
+HOLD_RETRY_S = 0.25  # ...then that customer's line waits this long before trying again
+
+
+class SpoolKeeper:
+    """The spool's side of the durability port: its connection, its rows, its replay."""
+
+    # Counters for stats(): write_ahead_misses (events write_ahead could not store before
+    # track_* returned: busy, error, full; they go on in memory), spool_errors (events
+    # whose row failed on its own: encoding, SQLite), settle_misses (settle batches the
+    # spool could not take in time; rows left are retried on the next heartbeat).
+
+    def __init__(self, settings: Settings, log: RateLimitedLog) -> None:
+        self._settings = settings
+        self._log = log
+        self.path = settings.spool_path or ""
+        self._spool: Optional[Spool] = None
+        self._waiting = False  # busy at open: try again on the next heartbeat
+        self._count_lock = threading.Lock()
+        self.write_ahead_misses = 0
+        self.spool_errors = 0
+        self.settle_misses = 0
+        self._later = Plan()  # settled rows the spool was too busy to take
+        self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
+        self._replayer: Optional[Replayer] = None
+        self._open()
+
+    # -- the durability port: replay ----------------------------------------------------
+
+    def attach(self, feed: Callable[[Tracked], None], room: Callable[[], int]) -> None:
+        """Replay into ``feed`` while ``room`` says the queue has space (not started yet)."""
+        self._replayer = None
+        if not self.enabled:
+            return
+
+        def replayed(event: Event) -> None:
+            item = Tracked(event)
+            item._kept = REPLAYED  # claimed from the spool: never held back behind itself
+            feed(item)
+
+        self._replayer = Replayer(self, replayed, room, self._settings.spool_replay_interval_s)
+
+    def start_replay(self) -> None:
+        """Start the replay thread once; cheap to call on every event."""
+        replayer = self._replayer
+        if replayer is not None:
+            replayer.ensure_started()
+
+    def halt(self) -> None:
+        """Claim nothing more from the spool; the replay thread ends."""
+        if self._replayer is not None:
+            self._replayer.halt()
+
+    def stats(self) -> DurabilityStats:
+        """The spool's counters for ``stats()``."""
+        return DurabilityStats(
+            spool_path=self.path if self.enabled else None,
+            spool_write_ahead_misses=self.write_ahead_misses,
+            spool_errors=self.spool_errors,
+            spool_settle_misses=self.settle_misses,
+        )
+
+    def _open(self) -> None:
+        s = self._settings
+        try:
+            self._spool = Spool(
+                self.path, max_bytes=s.spool_max_bytes, lease_s=s.spool_lease_s, busy_s=OPEN_WAIT_S
+            )
+            self._waiting = False
+        except SpoolBusy as exc:
+            self._waiting = True
+            self._log.log(
+                logging.WARNING,
+                "spool:busy-open",
+                "the spool %s is busy (%s); events stay in memory, trying again later",
+                self.path,
+                exc,
+            )
+        except SpoolError as exc:
+            self._waiting = False
+            logger.error(
+                "cannot use the spool at %s (%s); going on in memory only",
+                self.path,
+                exc,
+            )
+        else:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        # Before the first track_*: which customers' older events wait in the file (a
+        # crashed or closed process's) and must go before their new ones. If the file is
+        # busy now, the next heartbeat counts them.
+        if self._spool is None:
+            return
+        try:
+            self._spool.refresh()
+        except SpoolBusy:
+            pass
+        except SpoolError as exc:
+            self._trouble(exc, "reading which customers wait in the spool")
+
+    @property
+    def enabled(self) -> bool:
+        """True while the spool is usable, or only busy for now."""
+        return self._spool is not None or self._waiting
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._count_lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def _trouble(self, exc: SpoolError, doing: str) -> None:
+        self._log.log(
+            logging.ERROR,
+            f"spool:{doing}",
+            "spool error while %s at %s: %s",
+            doing,
+            self.path,
+            exc,
+        )
+
+    def _row_errors(self, added: Added) -> None:
+        if added.failed:
+            self._count("spool_errors", len(added.failed))
+            self._log.log(
+                logging.ERROR,
+                "spool:row-error",
+                "%d event(s) could not be stored in the spool (e.g. %s); kept out",
+                len(added.failed),
+                added.failed[0],
+            )
+
+    def write_ahead(self, result: Tracked) -> None:
+        """Journal a just-tracked event (a live event of this process) before track_* returns."""
+        spool = self._spool
+        if result.event is None or not self._settings.write_ahead:
+            return
+        if spool is None:
+            if self._waiting:
+                self._count("write_ahead_misses")
+            return
+        try:
+            handle = spool.write_ahead(result.event)
+        except SpoolError as exc:
+            self._count("write_ahead_misses")
+            if not isinstance(exc, SpoolBusy):
+                self._trouble(exc, "writing ahead")
+            return
+        if handle > 0:
+            result._kept = handle  # settling marks it done or moves it into line
+            return
+        self._count("write_ahead_misses")
+        if handle == FAILED:
+            self._row_errors(Added([], [result.event.event_id]))
+        elif handle == FULL:
+            self._log.log(
+                logging.WARNING,
+                "spool:full-write-ahead",
+                "the spool is full; event %s is held in memory only",
+                result.event_id,
+            )
+
+    def settle(
+        self,
+        results: Sequence[Tracked],
+        finals: Sequence[Result],
+        deadline: Optional[float] = None,
+    ) -> list[Result]:
+        """The spool's part of giving events their outcomes; returns the outcomes to record."""
+        # Spillable outcomes become spooled (or dropped/spool_full): a row of ours is
+        # released or moved into line, an event without one is added. Final answers remove
+        # the row (a journal record is marked done at once, without I/O). One transaction,
+        # waiting at most SETTLE_WAIT_S, or until deadline (a time.monotonic() value).
+        out = list(finals)
+        spool = self._spool
+        if spool is None:
+            return out
+        rows = Plan.of(results, finals)
+        if rows.forget:
+            spool.forget(rows.forget)
+        if not (rows.move or rows.release or rows.remove or rows.add):
+            return out
+        wait = SETTLE_WAIT_S
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        try:
+            added = spool.apply(
+                remove=rows.remove,
+                release=rows.release,
+                move=rows.move,
+                add=[event_of(out[i]) for i in rows.add],
+                busy_s=wait,
+            )
+        except SpoolError as exc:
+            self._count("settle_misses")
+            rows.forget = []
+            with self._count_lock:  # rows left behind: retried on the next heartbeat
+                self._later.extend(rows)
+            self._trouble(exc, "settling outcomes")
+            outcomes(results, out, rows, None)
+            return out
+        self._row_errors(added)
+        outcomes(results, out, rows, added)
+        if any(spool.lines.holds_back(key) for key in rows.answered_replays):
+            # A replayed event has its answer: its customer's next spooled event may go
+            # now, rather than at the next replay interval.
+            self.poke()
+        return out
+
+    def settle_one(self, result: Tracked, final: Result) -> Result:
+        """``settle`` for one event."""
+        if self._spool is None:
+            return final
+        return self.settle([result], [final])[0]
+
+    def hold_back(self, result: Tracked) -> Union[Result, float, None]:
+        """Save a live event behind its customer's older events waiting in the spool.
+
+        Returns its outcome (spooled) once saved; seconds to wait before asking again while
+        the spool is busy; or None: send it now (nothing older waits, or the spool cannot
+        take it, and sending beats losing it).
+        """
+        spool, event = self._spool, result.event
+        if spool is None or event is None or result._kept == REPLAYED:
+            return None
+        if not spool.lines.holds_back(event.customer_key):
+            return None
+        try:
+            if result._kept > 0:  # its journal record goes into line, in tracking order
+                ahead = JournalRecord(result._kept, event)
+                added = spool.apply(move=[ahead], busy_s=HOLD_WAIT_S)
+            else:
+                added = spool.apply(add=[event], busy_s=HOLD_WAIT_S)
+        except SpoolBusy:
+            return HOLD_RETRY_S
+        except SpoolError as exc:
+            self._trouble(exc, "saving an event behind its customer's")
+            return None
+        self._row_errors(added)
+        if added.refused or added.failed:
+            self._log.log(
+                logging.WARNING,
+                "spool:hold-back",
+                "the spool cannot take event %s (%s); sending it now, before its customer's"
+                " older events in the spool",
+                result.event_id,
+                "full" if added.refused else "cannot be stored",
+            )
+            return None
+        result._kept = SPILLED
+        return held_back(result)
+
+    def heartbeat(self) -> None:
+        """Open a spool that was busy, settle rows left behind, renew and recount."""
+        if self._spool is None and self._waiting:
+            self._open()
+        spool = self._spool
+        if spool is None:
+            return
+        with self._count_lock:
+            rows, self._later = self._later, Plan()
+        try:
+            spool.apply(remove=rows.remove, release=rows.release, move=rows.move)
+            spool.renew()
+            spool.refresh()  # what other processes spilled, and dead processes' rows
+        except SpoolError as exc:
+            with self._count_lock:
+                self._later.extend(rows)
+            self._trouble(exc, "renewing leases")
+
+    def claim(self, limit: int) -> list[Event]:
+        """Lease up to ``limit`` spooled events to this process, oldest first."""
+        spool = self._spool
+        if spool is None or limit <= 0:
+            return []
+        try:
+            return spool.claim(limit)
+        except SpoolError as exc:
+            self._trouble(exc, "claiming events to replay")
+            return []
+
+    def after_fork(self) -> None:
+        """In a forked child: a new connection and a new lease owner."""
+        # A fresh lock: a parent thread may have held this one at the fork, for ever here.
+        self._count_lock = threading.Lock()
+        self._later = Plan()  # the parent's rows, not ours
+        if self._spool is not None:
+            try:
+                self._spool.reopen()
+                self._refresh()
+            except SpoolBusy:
+                self._spool, self._waiting = None, True
+            except SpoolError as exc:
+                self._trouble(exc, "reopening after fork")
+                self._spool = None
+
+    def close(self) -> None:
+        """Close the connection and the journal; idempotent."""
+        spool, self._spool = self._spool, None
+        self._waiting = False
+        if spool is not None:
+            spool.close()

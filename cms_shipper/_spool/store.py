@@ -1,0 +1,357 @@
+"""The on-disk spool: a SQLite file (WAL) of event payloads, shared safely by processes.
+
+Storage only: no threads, no HTTP, no policy (``_spooling`` decides what goes in and out).
+The ``events`` table holds events waiting for a replay (spilled, left at shutdown, held
+back behind their customer's, a dead process's), each *claimed* by one process at a time
+through a lease. Written-ahead events, the live events of the process that wrote them, are
+in that process's memory-mapped journal (``_spool_ahead``) instead: marked done once
+answered, moved into ``events`` when spilled or held back. A process's leases and journal
+are taken over at once when it dies (its owner lock file, ``_spool_owners``, is then
+free), or once its heartbeat row (``owners``) or lease has passed where the OS cannot tell
+(no ``fcntl``, a network filesystem). Claims take, per customer, a prefix of its events in
+tracking order and skip customers leased by another process.
+
+``lines`` (``_spool_order.Lines``) says which customers this process must hold back
+for order; it is kept in step with every transaction on the main connection and recounted
+by ``refresh``, so rows another process adds are seen at the next ``refresh``.
+
+Every wait for the file's lock is bounded (``busy_s``, per call); a busy file raises
+``SpoolBusy`` and is never treated as corrupt. One event that cannot be stored (encoding,
+SQLite) is reported in ``Added.failed`` and the rest of the batch is stored.
+
+Durability: WAL with ``synchronous=NORMAL`` and the journal's shared mappings survive the
+process being killed (SIGKILL), not a power loss of the machine. Rows and records hold the
+event's payload, never the token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, Optional, Union
+
+from cms_shipper._events import Event
+from cms_shipper._log import logger
+from cms_shipper._spool import rows
+from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError
+from cms_shipper._spool.order import Lines
+from cms_shipper._spool.owners import Owners, name_of, take_over_dead
+from cms_shipper._spool.rows import Added, JournalRecord
+from cms_shipper._spool.status import (
+    SpoolBusy,
+    SpoolError,
+    SpoolStatus,
+    is_busy,
+    open_spool,
+    query_status,
+    used_bytes,
+)
+
+__all__ = [
+    "FAILED",
+    "FULL",
+    "Added",
+    "JournalRecord",
+    "Spool",
+    "SpoolBusy",
+    "SpoolError",
+    "SpoolStatus",
+]
+
+_FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Spool:
+    """Durable, multi-process-safe store of event payloads (never the token)."""
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike[str]],
+        *,
+        max_bytes: Optional[int] = 50 * 2**20,
+        lease_s: float = 60.0,
+        owner: Optional[str] = None,
+        clock: Callable[[], float] = time.time,
+        busy_s: float = 2.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._max_bytes = max_bytes
+        self._lease_s = lease_s
+        self._clock = clock
+        self._busy_s = busy_s
+        self.owner = owner or _owner()
+        self._lock = threading.Lock()
+        self._db: Optional[sqlite3.Connection] = None
+        self._pid = os.getpid()
+        self._owners = Owners(self.path)
+        self.lines = Lines()  # which customers wait for their spooled events
+        self.journal = self._journal()
+        self._open()
+
+    def _journal(self) -> Journal:
+        return Journal(self._owners.directory, name_of(self.owner), max_bytes=self._max_bytes)
+
+    def _open(self) -> None:
+        # Hold our owner lock first: from here on, probes see this process as alive, so the
+        # journal may take records at once. Without locks (no fcntl, a network disk) only
+        # our heartbeat row shows that, so the journal waits for it (``renew``).
+        self.journal.registered = self._owners.hold(self.owner)
+        try:
+            self._db = open_spool(self.path, self._busy_s, self._owners)
+        except BaseException:
+            self._owners.release()
+            raise
+        # Our heartbeat row (the fallback where locks tell nothing). Opening must not wait
+        # on a busy file for it: the replay heartbeat writes it soon anyway.
+        with contextlib.suppress(SpoolError):
+            self.renew(busy_s=min(self._busy_s, 0.05))
+
+    def reopen(self) -> None:
+        """After ``os.fork()``: new connections and a new owner (never share either)."""
+        self._lock = threading.Lock()
+        # The parent's connections are kept, unused and unclosed (closing hurts the parent).
+        _FORKED.append(self._db)
+        self.journal.forget_inherited()
+        self._db = None
+        self.lines = Lines()  # the parent's claims are the parent's
+        self._owners.forget_inherited()
+        self._pid = os.getpid()
+        self.owner = _owner()
+        self.journal = self._journal()
+        self._open()
+
+    # -- statements -----------------------------------------------------------------
+
+    def _run(
+        self,
+        work: Callable[[sqlite3.Connection], Any],
+        busy_s: Optional[float],
+        committed: Optional[Callable[[], None]] = None,
+    ) -> Any:
+        """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks.
+
+        ``committed`` runs after the commit, still under the lock: it updates ``lines``,
+        so a concurrent ``refresh`` never counts a change twice or misses it.
+        """
+        if self._pid != os.getpid():
+            self.reopen()
+        wait = self._busy_s if busy_s is None else max(0.0, busy_s)
+        if not self._lock.acquire(timeout=wait):
+            raise SpoolBusy(f"spool {self.path}: in use by another thread of this process")
+        try:
+            try:
+                db = self._db
+                if db is None:
+                    raise SpoolError("the spool is closed")
+                db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = work(db)
+                    if self._max_bytes is not None:  # the journal's base for max_bytes
+                        size = used_bytes(db)
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                if self._max_bytes is not None:
+                    self.journal.measured = size
+                if committed is not None:
+                    committed()
+                return out
+            except sqlite3.Error as exc:
+                kind = SpoolBusy if is_busy(exc) else SpoolError
+                raise kind(f"spool {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    def write_ahead(self, event: Event) -> int:
+        """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
+        if self._pid != os.getpid():
+            self.reopen()
+        if not self.journal.registered:  # no lock file, and the file was busy at open
+            raise SpoolBusy(f"spool {self.path}: this process is not registered yet")
+        try:
+            return self.journal.write(event)
+        except JournalError as exc:
+            raise SpoolError(f"spool {self.path}: {exc}") from exc
+
+    def forget(self, handles: Sequence[JournalRecord]) -> None:
+        """Written-ahead events with their final answer: never replayed."""
+        self.journal.done([ahead.handle for ahead in handles])
+
+    def add(self, events: Sequence[Event], *, busy_s: Optional[float] = None) -> Added:
+        """Store events unleased, waiting in line (twice is harmless); those not stored, and why."""
+        return self.apply(add=events, busy_s=busy_s)
+
+    def apply(
+        self,
+        *,
+        remove: Iterable[str] = (),
+        release: Iterable[str] = (),
+        add: Sequence[Event] = (),
+        move: Sequence[JournalRecord] = (),
+        busy_s: Optional[float] = None,
+    ) -> Added:
+        """In one transaction: remove ``events`` rows, release our leases, add events unleased
+        and move written-ahead events into ``events`` (``move``, then done in the journal)."""
+        gone, freed = list(remove), list(release)
+        if not (gone or freed or add or move):
+            return Added([], [])
+        delta: Counter[str] = Counter()
+        kept: set[str] = set()  # moves that failed on their own stay in the journal
+
+        def work(db: sqlite3.Connection) -> Added:
+            delta.clear()
+            me, now = self.owner, self._clock()
+            rows.remove(db, me, now, gone, delta)
+            rows.release(db, me, freed, delta)
+            if move:  # in the journal's size already: never refused for max_bytes
+                moved = rows.insert(db, [ahead.event for ahead in move], now, 0, None, delta)
+                kept.update(moved.failed)
+            if not add:
+                return Added([], [])
+            return rows.insert(db, add, now, used_bytes(db), self._max_bytes, delta)
+
+        def committed() -> None:
+            self.lines.changed(delta, itertools.chain(gone, freed))
+            if move:
+                self.journal.done([a.handle for a in move if a.event.event_id not in kept])
+
+        result: Added = self._run(work, busy_s, committed)
+        return result
+
+    def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
+        """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order."""
+        if limit <= 0:
+            return []
+        now = self._clock()
+        dead: list[str] = []
+        events: list[Event] = []
+        counts: dict[str, int] = {}
+
+        def work(db: sqlite3.Connection) -> None:
+            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+            events[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
+            counts.clear()
+            if dead:  # their rows wait now: count them (lines would miss them till refresh)
+                counts.update(rows.waiting(db, self.owner, now))
+
+        def committed() -> None:
+            self.lines.claimed(events)
+            if dead:
+                self.lines.recount(counts)
+
+        self._run(work, busy_s, committed)
+        self._bury(dead)
+        return events
+
+    def refresh(self, busy_s: Optional[float] = None) -> None:
+        """Take over dead owners' events and recount the customers waiting from the file."""
+        now = self._clock()
+        dead: list[str] = []
+        counts: dict[str, int] = {}
+
+        def work(db: sqlite3.Connection) -> None:
+            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+            counts.clear()
+            counts.update(rows.waiting(db, self.owner, now))
+
+        self._run(work, busy_s, committed=lambda: self.lines.recount(counts))
+        self._bury(dead)
+
+    def _bury(self, dead: list[str]) -> None:
+        for owner in dead:
+            logger.info("took over the spool events of %s (it died)", owner)
+            self._owners.bury(owner)
+
+    def renew(self, busy_s: Optional[float] = None) -> int:
+        """Heartbeat: our owners row and our claims' leases to now + lease_s; claims renewed."""
+        until = self._clock() + self._lease_s
+
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (self.owner, until))
+            # Only claimed rows are leased (replays in flight: few), found by events_lease.
+            count: int = db.execute(
+                "UPDATE events SET lease_until = ? WHERE lease_until > 0 AND lease_owner = ?",
+                (until, self.owner),
+            ).rowcount
+            return count
+
+        renewed: int = self._run(work, busy_s)
+        self.journal.registered = True
+        self.journal.tidy()  # files whose records are all done
+        return renewed
+
+    def release(self, event_ids: Iterable[str]) -> None:
+        """Give leases back so any process may take these events now."""
+        self.apply(release=event_ids)
+
+    def remove(self, event_ids: Iterable[str]) -> None:
+        """Delete events that have a final outcome."""
+        self.apply(remove=event_ids)
+
+    def status(self) -> SpoolStatus:
+        """Counts by endpoint, leases, ages and size."""
+        now = self._clock()
+        result: SpoolStatus = self._run(lambda db: query_status(db, self.path, now), None)
+        return result
+
+    def purge(self) -> int:
+        """Delete every waiting event (dead processes' journals included); returns how many.
+
+        Live processes' journals are theirs: those events are on their way."""
+        now = self._clock()
+        dead: list[str] = []
+
+        def work(db: sqlite3.Connection) -> int:
+            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+            return int(db.execute("DELETE FROM events").rowcount)
+
+        count: int = self._run(work, None, lambda: self.lines.recount({}))
+        self._bury(dead)
+        return count
+
+    def close(self, wait_s: float = 0.25) -> None:
+        """Close the connections and end our ownership; idempotent, waits at most ``wait_s``."""
+        live = self.journal.holds_live() if self._pid == os.getpid() else False
+        if self._pid == os.getpid():
+            self.journal.close()  # kept on disk while it holds live records
+        got = self._lock.acquire(timeout=wait_s)
+        db, self._db = self._db, None
+        if got:
+            self._lock.release()
+        if db is None or self._pid != os.getpid() or not got:
+            return  # another thread is still in a statement: exit closes the rest
+        held: object = True
+        try:
+            # With rows still ours, the lock file stays (unlocked once closed) and our
+            # heartbeat row ends now, so another process takes them over at once.
+            held = (
+                live
+                or db.execute(
+                    "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0 LIMIT 1",
+                    (self.owner,),
+                ).fetchone()
+            )
+            db.execute("PRAGMA busy_timeout = 250")
+            if held:
+                db.execute("UPDATE owners SET until = 0 WHERE owner = ?", (self.owner,))
+            else:
+                db.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
+        except sqlite3.Error:
+            pass  # held: as read, or True if unknown
+        db.close()
+        self._owners.release(keep_file=bool(held))
