@@ -210,7 +210,8 @@ class Pipeline:
         now: the exit hook closes every client of the process against one start.
         """
         budget = wait_budget(timeout_s, self.settings.shutdown_timeout_s)
-        deadline = min(time.monotonic() + budget, deadline if deadline is not None else 1e300)
+        own = time.monotonic() + budget
+        deadline = own if deadline is None else min(own, deadline)
         budget_left = max(0.0, deadline - time.monotonic())
         reporter = self._settler.reporter
         if self._closer == threading.get_ident():

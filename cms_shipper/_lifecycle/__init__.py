@@ -9,7 +9,7 @@ Knows pipelines only through the small protocols it declares; imports nothing of
 engine, the books or durability.
 """
 
-from cms_shipper._lifecycle.registry import open_pipelines, register
+from cms_shipper._lifecycle.registry import register
 from cms_shipper._lifecycle.sigterm import install as install_sigterm
 
-__all__ = ["install_sigterm", "open_pipelines", "register"]
+__all__ = ["install_sigterm", "register"]

@@ -31,10 +31,12 @@ from typing import Any, Callable, Optional, Protocol
 
 from cms_shipper._log import logger
 
-__all__ = ["open_pipelines", "register"]
+__all__ = ["Settings", "open_pipelines", "register"]
 
 
-class _Settings(Protocol):
+class Settings(Protocol):
+    """What the lifecycle reads of a client's settings."""
+
     @property
     def shutdown_timeout_s(self) -> float: ...
 
@@ -55,7 +57,7 @@ class _Pipeline(Protocol):
     def ledger(self) -> _Ledger: ...
 
     @property
-    def settings(self) -> _Settings: ...
+    def settings(self) -> Settings: ...
 
     def after_fork(self) -> None: ...
 
@@ -91,10 +93,15 @@ def register(client: object, pipeline: _Pipeline) -> None:
         reg.open[id(pipeline)] = pipeline
         pipeline.on_closed = _closed
         if reg.reaper is None:
-            reg.reaper = threading.Thread(target=_reap, name="cms-shipper-reaper", daemon=True)
-            reg.reaper.start()
+            _start_reaper(reg)
     # atexit=False: the exit hook below closes every open pipeline, this one included.
     weakref.finalize(client, _collected, pipeline).atexit = False
+
+
+def _start_reaper(reg: _Registry) -> None:
+    """Start ``reg``'s reaper thread (under its lock, or where nothing else runs yet)."""
+    reg.reaper = threading.Thread(target=_reap, name="cms-shipper-reaper", daemon=True)
+    reg.reaper.start()
 
 
 def open_pipelines() -> list[_Pipeline]:
@@ -166,10 +173,9 @@ def _after_fork_in_child() -> None:
             continue  # its handle is gone: nothing can track on it in this process
         pipeline.after_fork()
         _registry.open[id(pipeline)] = pipeline
-    # The reaper starts again with the next client made here, or here if any is open.
+    # The reaper starts again here if any pipeline is open, else with the next client.
     if _registry.open:
-        _registry.reaper = threading.Thread(target=_reap, name="cms-shipper-reaper", daemon=True)
-        _registry.reaper.start()
+        _start_reaper(_registry)
 
 
 if hasattr(os, "register_at_fork"):  # absent on Windows, where there is no fork

@@ -39,14 +39,10 @@ import weakref
 from types import FrameType
 from typing import Any, Optional, Protocol
 
+from cms_shipper._lifecycle.registry import Settings
 from cms_shipper._log import logger
 
 __all__ = ["install"]
-
-
-class _Settings(Protocol):
-    @property
-    def shutdown_timeout_s(self) -> float: ...
 
 
 class Pipeline(Protocol):
@@ -56,7 +52,7 @@ class Pipeline(Protocol):
     def pid(self) -> int: ...
 
     @property
-    def settings(self) -> _Settings: ...
+    def settings(self) -> Settings: ...
 
     def flush(self, timeout_s: Optional[float] = None) -> object: ...
 
