@@ -200,3 +200,38 @@ def test_the_fleet_status_command_never_prints_the_password() -> None:
     assert out.returncode == 1
     assert "hunter2-secret" not in out.stdout + out.stderr
     assert "127.0.0.1" in out.stdout
+
+
+def test_the_opentelemetry_bridge_exports_the_fleet(
+    cms_emulator: Emulator, redis_server: RedisServer
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from cms_shipper.integrations.opentelemetry import instrument
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    cms_emulator.outage()  # the events wait in the fleet's queue; the fleet is paused
+    client = client_for(cms_emulator, redis_server.url)
+    with instrument(client, meter_provider=provider):
+        for i in range(12):
+            lead(client, i)
+        view = lambda: client.stats()["fleet"] or {}  # noqa: E731
+        assert wait_until(lambda: view().get("queue_depth") == 12 and view().get("paused_by"), 15.0)
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = {
+            metric.name: [p.value for p in metric.data.data_points]
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+        assert points["cms_shipper.fleet.link.up"] == [1]
+        assert points["cms_shipper.fleet.members"] == [1]
+        assert points["cms_shipper.fleet.queue.size"] == [12]
+        assert points["cms_shipper.fleet.paused"] == [1]
+    cms_emulator.end_outage()
+    assert client.flush(30.0).delivered == 12
+    client.close()
+    provider.shutdown()
