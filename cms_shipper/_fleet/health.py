@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["TICK_S", "FleetHealth"]
 
 TICK_S = 0.05  # how often a member compares its gate with the fleet's
-_PROBE_HOLD_MS = 15_000  # a probe's right lapses if its member dies mid-probe
+# The probe right lapses this soon unless its holder asks again: a member that took it and
+# then had nothing to probe with (its claims went elsewhere) holds up nobody for long.
+_PROBE_HOLD_MS = 3_000
 _KEEP_MS = 120_000  # the health hash outlives its pause by this much, then expires
 
 
@@ -77,7 +79,10 @@ class FleetHealth:
             key, me = self._probe_key, self._member
             if self._redis.set(key, me, nx=True, px=_PROBE_HOLD_MS):
                 return True
-            return bool(self._redis.get(key) == me.encode())
+            if self._redis.get(key) == me.encode():
+                self._redis.pexpire(key, _PROBE_HOLD_MS)
+                return True
+            return False
         except Exception:  # Redis away: this gate probes on its own
             return True
 

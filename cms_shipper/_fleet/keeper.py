@@ -53,7 +53,6 @@ POLL_S = 0.05  # an idle fleet thread looks for work this often
 _PUSH_BATCH = 500
 _SEEN_TTL_S = 7 * 24 * 3600  # a push retried within this long adds nothing twice
 _NOTICE_TTL_MS = 3_600_000
-_RETRY_LATER_S = 30.0  # an event whose retries ran out is tried again by the fleet after this
 _REDIS_ERRORS = (redis.RedisError, OSError, ValueError)
 # Outcomes that leave the event in the fleet queue (nothing the server said makes it hopeless).
 _KEEP = {
@@ -133,9 +132,13 @@ class FleetKeeper:
         self._local.attach(host)
 
     def start_replay(self) -> None:
-        """Join the fleet (once; cheap to call on every event) and start the local replay."""
+        """Join the fleet (once), and push now: called after every event ``track_*`` queued."""
         self._local.start_replay()
-        if self._thread is not None or self._closed:
+        if self._thread is not None:
+            if not self._wake.is_set():
+                self._wake.set()  # pushed within a moment, not at the next poll
+            return
+        if self._closed:
             return
         with self._lock:
             if self._thread is not None:
@@ -212,7 +215,8 @@ class FleetKeeper:
             own = self._mine.pop(eid, None) is not None
             origin = self._behalf.pop(eid, None)
         if held and keep:
-            delay = 0.0 if final.outcome is Outcome.DROPPED else _RETRY_LATER_S
+            # Its retries ran out: the fleet tries again after the longest backoff.
+            delay = 0.0 if final.outcome is Outcome.DROPPED else self._settings.retry_max_backoff_s
             self._release([(customer, eid if own else "")], delay)
         elif held:
             self._ack(customer, eid, origin, final)

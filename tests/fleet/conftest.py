@@ -2,8 +2,9 @@
 
 One server for the session (append-only file on, so a restart keeps what it had), flushed
 before each test. ``redis_server.restart()`` stops it and starts it again on the same port
-and files; ``redis_server.stop()`` stops it. If ``redis-server`` is not on PATH, the fleet
-tests fail with a message saying how to install it (``.ci/run`` does).
+and files; ``redis_server.stop()`` stops it, ``redis_server.kill()`` kills it. If
+``redis-server`` is not on PATH, the fleet tests fail with a message saying how to install it
+(``.ci/run`` does).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10.0)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server: what it had is only what its append-only file holds."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
         self.process = None
 
     def restart(self) -> None:

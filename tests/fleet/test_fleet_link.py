@@ -62,7 +62,7 @@ def test_redis_never_reachable_costs_nothing(
     assert "never-shown-pw" not in shown
 
 
-def test_redis_restarting_midway_loses_and_repeats_nothing(
+def test_redis_killed_and_restarted_midway_loses_and_repeats_nothing(
     cms_emulator: Emulator, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A slow API keeps events in the fleet queue while Redis goes away and comes back.
@@ -71,7 +71,7 @@ def test_redis_restarting_midway_loses_and_repeats_nothing(
     for i in range(100):
         lead(client, i)
     assert wait_until(lambda: client.stats()["fleet"]["pushed"] == 100, 10.0)
-    redis_server.stop()  # SIGTERM: its append-only file holds the queue
+    redis_server.kill()  # SIGKILL: its append-only file (fsync always) holds the queue
     for i in range(100, 150):
         lead(client, i)  # tracked while Redis is down: sent by this process alone
     assert wait_until(lambda: client.stats()["fleet"]["link"] == "down", 10.0)
@@ -235,3 +235,46 @@ def test_the_opentelemetry_bridge_exports_the_fleet(
     assert client.flush(30.0).delivered == 12
     client.close()
     provider.shutdown()
+
+
+def test_one_failing_customer_holds_back_no_one_else_in_the_fleet(
+    cms_emulator: Emulator, redis_server: RedisServer
+) -> None:
+    cms_emulator.fail_customer("cust-0", status=500)  # every request of hers fails
+    a = client_for(cms_emulator, redis_server.url)
+    b = client_for(cms_emulator, redis_server.url)
+    for i in range(40):
+        lead(a if i % 2 else b, i)
+    assert wait_until(lambda: len(cms_emulator.events) == 39, 30.0), len(cms_emulator.events)
+
+    def tried() -> int:
+        return sum(1 for r in cms_emulator.requests if r.payload["customerExternalId"] == "cust-0")
+
+    # Only she waits: when her retries run out she stays in the fleet's queue (her tracker
+    # answers spooled, in_fleet) and the fleet tries her again after the longest backoff.
+    before = tried()
+    assert wait_until(lambda: tried() > before + 4, 10.0)
+    assert b.flush(10.0).pending == 0
+    assert b.stats()["reasons"]["spooled"] == {"in_fleet": 1}
+    cms_emulator.clear_customer_failures()
+    assert wait_until(lambda: delivered_once(cms_emulator, 40), 10.0)
+    a.close()
+    b.close()
+
+
+def test_max_requests_per_minute_is_the_fleets_total(
+    cms_emulator: Emulator, redis_server: RedisServer
+) -> None:
+    # 6 a minute for the fleet: two members get 6 requests out between them, not 6 each.
+    a = client_for(cms_emulator, redis_server.url, max_requests_per_minute=6)
+    b = client_for(cms_emulator, redis_server.url, max_requests_per_minute=6)
+    for i in range(20):
+        lead(a if i % 2 else b, i)
+    assert cms_emulator.wait_for_events(6, 10.0)
+    assert not cms_emulator.wait_for_events(7, 2.0)  # the window's budget is spent
+    assert len(cms_emulator.requests) == 6  # and nothing was wasted on a 429
+    a.close(0.5)
+    b.close(0.5)
+    left = [a.stats(), b.stats()]
+    assert sum(s["reasons"].get("spooled", {}).get("in_fleet", 0) for s in left) == 14
+    assert sum(s["delivered"] for s in left) == 6
