@@ -234,10 +234,12 @@ class Pipeline:
         self.durability.halt()  # claim nothing more from the spool
         self.flush(max(0.0, deadline - time.monotonic()))
         in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
-        result = self._counts_now()
         abandoned = self.ledger.outstanding()
         self._engine.stop(deadline, abandoned)
         self._settler.abandon(abandoned, budget, in_flight)
+        # The counts after close's own settling: what it dropped or spooled is in them, and
+        # ``pending`` is what is really left (nothing, unless an event raced in).
+        result = self._settler.flush_result(self.ledger.pending(), timed_out=bool(abandoned))
         self._engine.close_connections()
         if self._engine.in_flight() == 0:
             # With requests still in flight the spool stays open, so a late answer can

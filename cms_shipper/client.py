@@ -175,9 +175,10 @@ class CMSClient:
         """Flush within ``timeout_s`` (None: ``shutdown_timeout_s``), then stop; idempotent.
 
         Events still pending at the deadline are spooled (with a spool) or dropped (reason
-        ``shutdown``), counted and reported in one warning line; the result shows them as
-        ``pending``. Returns by its own deadline whatever else is closing the client at the
-        same time: another thread, a callback, or a signal handler interrupting a close.
+        ``shutdown``), counted and reported in one warning line; the result counts them as
+        ``dropped`` / ``spooled`` with ``timed_out=True``. Returns by its own deadline
+        whatever else is closing the client at the same time: another thread, a callback,
+        or a signal handler interrupting a close.
         """
         return self._pipeline.close(timeout_s)
 

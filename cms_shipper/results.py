@@ -261,7 +261,14 @@ class FlushResult(_ReadOnly):
     """Counts by outcome over the client's life, what is still pending, and whether time ran out.
 
     A read-only dict (it serialises as it prints) with the same names as attributes.
-    Truthy when nothing that was tracked before the call is still pending.
+    Truthy when the call finished in time: nothing it waited for is still pending and its
+    deadline was not hit.
+
+    From ``flush()``: ``pending`` counts the events tracked before the call that still have
+    no outcome, and ``timed_out`` is ``pending > 0``. From ``close()``: the counts are taken
+    after close has settled what it gave up on, so ``dropped`` (or ``spooled``, with a
+    spool) includes those, ``pending`` is what is really left (0 unless an event raced in
+    while closing), and ``timed_out`` says whether the deadline was hit.
     """
 
     __slots__ = ()
@@ -319,12 +326,15 @@ class FlushResult(_ReadOnly):
 
     @property
     def pending(self) -> int:
-        """Events tracked before the call that still have no outcome."""
+        """Events that still have no outcome when the call returned (see the class docstring)."""
         return self._count("pending")
 
     @property
     def timed_out(self) -> bool:
-        """True when the wait ended at its deadline with events still pending."""
+        """True when the call's deadline was hit with events still pending.
+
+        For ``close()``, those events were then dropped or spooled (and counted there).
+        """
         return bool(dict.__getitem__(self, "timed_out"))
 
     @property
@@ -333,7 +343,7 @@ class FlushResult(_ReadOnly):
         return self._count("spooled")
 
     def __bool__(self) -> bool:
-        return self.pending == 0
+        return self.pending == 0 and not self.timed_out
 
     def __repr__(self) -> str:
         return f"FlushResult({', '.join(f'{k}={v!r}' for k, v in self.items())})"

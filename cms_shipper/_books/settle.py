@@ -127,8 +127,12 @@ class Settler:
         """Who logs outcomes and runs the callbacks."""
         return self._reporter
 
-    def flush_result(self, pending: int) -> FlushResult:
-        """Counts over the client's life, with ``pending`` still pending."""
+    def flush_result(self, pending: int, *, timed_out: Optional[bool] = None) -> FlushResult:
+        """Counts over the client's life, with ``pending`` still pending.
+
+        ``timed_out`` defaults to ``pending > 0`` (a flush); ``close()`` says whether its
+        deadline was hit, since by the time it answers it has settled what was left.
+        """
         counts = self._ledger.counts()
         return FlushResult(
             delivered=counts["delivered"],
@@ -137,6 +141,6 @@ class Settler:
             failed=counts["failed"],
             dropped=counts["dropped"],
             pending=pending,
-            timed_out=pending > 0,
+            timed_out=pending > 0 if timed_out is None else timed_out,
             spooled=counts["spooled"],
         )
