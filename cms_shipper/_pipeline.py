@@ -21,7 +21,7 @@ from cms_shipper._config import Settings, wait_budget
 from cms_shipper._durability import Durability
 from cms_shipper._engine import Engine, EventQueue
 from cms_shipper._events import Event, event_of
-from cms_shipper._log import RateLimitedLog, logger
+from cms_shipper._log import RateLimitedLog, flush_suppressed, logger
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Reason, Result, Stats, Tracked, TrackResult
 
@@ -150,6 +150,7 @@ class Pipeline:
             result,
             self.ledger,
             success=True,
+            queued=True,
             message="queued",
             event_id=event.event_id,
             event=event,
@@ -254,6 +255,9 @@ class Pipeline:
                 budget,
             )
         self._settler.reporter.stop()  # the callback thread ends once its queue is empty
+        # The log accounts for every event: the repeats it collapsed, then the totals.
+        flush_suppressed()
+        self._settler.summarise()
         self.on_closed(self)
         return result
 

@@ -103,6 +103,27 @@ class Settler:
             in_flight,
         )
 
+    def summarise(self) -> None:
+        """At close: one warning line with the client's counts, if anything was not delivered.
+
+        Not delivered: rejected, failed, dropped (but not ``disabled``), spooled (kept for a
+        later replay) and pending. Nothing is logged when every event was delivered.
+        """
+        counts = self._ledger.tally()
+        disabled = counts["reasons"].get(Outcome.DROPPED.value, {}).get(Reason.DISABLED.value, 0)
+        missed = ("rejected", "failed", "dropped", "spooled", "pending")
+        if sum(counts[k] for k in missed) - disabled <= 0:
+            return
+        logger.warning(
+            "client closed: %d event(s) tracked%s, %d delivered, %d duplicate; not delivered: "
+            "%d rejected, %d failed, %d dropped, %d spooled, %d pending",
+            counts["tracked"],
+            f" and {counts['replayed']} replayed from the spool" if counts["replayed"] else "",
+            counts["delivered"],
+            counts["duplicate"],
+            *(counts[k] for k in missed),
+        )
+
     def internal_error(self, result: Optional[Tracked]) -> TrackResult:
         """The last resort for a bug of ours inside track_*: a counted outcome; never raises."""
         final = Result(
