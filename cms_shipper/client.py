@@ -122,7 +122,7 @@ class CMSClient:
             on_error: likewise, for each event ``rejected`` or ``failed``.
             on_drop: likewise, for each event ``dropped``.
             sync_mode: True sends inside ``track_*`` and returns the final result, as the
-                vendor SDK does (gives up after about ``retry_max_elapsed_s``). Default
+                vendor SDK does (gives up ``retry_max_elapsed_s`` after the call). Default
                 ``$CMS_SYNC_MODE``, else False.
             disabled: True validates and counts events but sends nothing (answers
                 ``success=True``, outcome ``dropped``, reason ``disabled``). Default
