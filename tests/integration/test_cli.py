@@ -247,6 +247,21 @@ def test_demo_runs_and_its_books_add_up() -> None:
     assert "p99" in done.stdout
 
 
+def test_a_short_demo_explains_only_what_happened_in_it() -> None:
+    # 10 events end long before the outage planned 0.8 s in; seed 1 sends no float amount.
+    done = cli("demo", "--events", "10", token=None, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "0.5 s outage 0.8 s into the run (if it lasts that long)" in out
+    assert "The outage planned 0.8 s in did not happen: the run ended before." in out
+    assert "outage midway" not in out and "A 0.5 s outage began" not in out
+    assert re.search(r"^  rejected +0$", out, re.MULTILINE), out
+    assert "float amounts" not in out  # nothing rejected: nothing to explain
+    # Timed after the warm-up: the timed calls and the warm-up calls are the 10 tracked.
+    timed = re.search(r"\((\d+) calls; each thread's first call, its warm-up \((\d+) calls", out)
+    assert timed and int(timed.group(1)) + int(timed.group(2)) == 10, out
+
+
 def _fill_spool(path: Path, count: int) -> None:
     from cms_shipper import CMSClient
 
