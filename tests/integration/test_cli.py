@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -159,6 +160,17 @@ def test_help_everywhere_lists_the_exit_codes(command: list[str]) -> None:
     assert done.returncode == 0 and "usage: cms-shipper" in done.stdout
     codes = re.findall(r"^\s+([012])  \S", done.stdout.split("exit status", 1)[-1], re.MULTILINE)
     assert "exit status" in done.stdout and "0" in codes and "2" in codes, done.stdout
+
+
+def test_every_commands_help_lists_its_exit_statuses() -> None:
+    from cms_shipper.cli.main import _parser  # the parser itself: every command, in-process
+
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) >= {"lead", "sale", "emulator", "spool", "demo"}
+    for name, sub in {"": parser, **commands.choices}.items():
+        text = sub.format_help()
+        assert "exit status" in text and re.search(r"\b0\b", text), name
 
 
 HELP_MENTIONS = {
