@@ -142,6 +142,12 @@ class CMSClient:
             handle_sigterm: on SIGTERM, close within ``shutdown_timeout_s``, then do what
                 SIGTERM did before (plain processes: Docker, Kubernetes, systemd). Default
                 ``$CMS_HANDLE_SIGTERM``, else False.
+            redis_url: fleet mode: the ``redis://``, ``rediss://`` or ``unix://`` URL of
+                the Redis that the processes sharing this token use for one queue, one
+                request budget and one view of the API's health (needs the ``redis``
+                extra); ``max_concurrent_requests`` and ``max_requests_per_minute`` then
+                count for the whole fleet. Default ``$CMS_REDIS_URL``, else None. Its
+                password is never shown.
         """
         # Every keyword argument given (None: not given, so environment or default).
         options = {k: v for k, v in locals().items() if k not in _POSITIONAL and v is not None}
