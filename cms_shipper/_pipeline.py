@@ -21,7 +21,7 @@ from cms_shipper._config import Settings, wait_budget
 from cms_shipper._durability import Durability
 from cms_shipper._engine import Engine, EventQueue, HealthGate
 from cms_shipper._events import Event, event_of
-from cms_shipper._log import RateLimitedLog, logger
+from cms_shipper._log import RateLimitedLog, flush_suppressed, logger
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import FlushResult, Reason, Result, Stats, Tracked, TrackResult
 
@@ -152,6 +152,7 @@ class Pipeline:
             result,
             self.ledger,
             success=True,
+            queued=True,
             message="queued",
             event_id=event.event_id,
             event=event,
@@ -264,10 +265,12 @@ class Pipeline:
         self.durability.halt()  # claim nothing more from the spool
         self.flush(max(0.0, deadline - time.monotonic()))
         in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
-        result = self._counts_now()
         abandoned = self.ledger.outstanding()
         self._engine.stop(deadline, abandoned)
         self._settler.abandon(abandoned, budget, in_flight)
+        # The counts after close's own settling: what it dropped or spooled is in them, and
+        # ``pending`` is what is really left (nothing, unless an event raced in).
+        result = self._settler.flush_result(self.ledger.pending(), timed_out=bool(abandoned))
         self._engine.close_connections()
         if self._engine.in_flight() == 0:
             # With requests still in flight the spool stays open, so a late answer can
@@ -282,6 +285,9 @@ class Pipeline:
                 budget,
             )
         self._settler.reporter.stop()  # the callback thread ends once its queue is empty
+        # The log accounts for every event: the repeats it collapsed, then the totals.
+        flush_suppressed()
+        self._settler.summarise()
         self.on_closed(self)
         return result
 

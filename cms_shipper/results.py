@@ -74,8 +74,10 @@ class _ReadOnly(Dict[str, Any]):
 class Result(_ReadOnly):
     """An immutable answer about one event: a read-only dict and an object at once.
 
-    Keys (and attributes): ``success``, ``status_code``, ``message``, ``data``, ``error``,
-    ``details``, ``event_id``, ``outcome``, ``reason``. ``outcome`` and ``reason`` are
+    Keys (and attributes): ``success``, ``queued``, ``status_code``, ``message``, ``data``,
+    ``error``, ``details``, ``event_id``, ``outcome``, ``reason``. ``queued`` is True for an
+    answer given before the event's final outcome (``outcome`` None): ``success=True,
+    queued=True`` means accepted and queued, not delivered. ``outcome`` and ``reason`` are
     ``str`` enums, so they compare equal to (and serialise as) their values. ``event`` (the
     validated payload, without the token) is an attribute only, not a key.
     """
@@ -86,6 +88,7 @@ class Result(_ReadOnly):
         self,
         *,
         success: bool,
+        queued: bool = False,
         status_code: Optional[int] = None,
         message: Optional[str] = None,
         data: Any = None,
@@ -99,6 +102,7 @@ class Result(_ReadOnly):
         dict.__init__(
             self,
             success=success,
+            queued=queued,
             status_code=status_code,
             message=message,
             data=data,
@@ -112,8 +116,17 @@ class Result(_ReadOnly):
 
     @property
     def success(self) -> bool:
-        """True when the event was delivered (or was a duplicate), or is queued to be."""
+        """True when the event was delivered or was a duplicate, or (``queued``) is queued.
+
+        On a queued answer it means accepted and queued, not delivered: ``wait()`` gives
+        the final outcome, whose ``success`` is the API's.
+        """
         return bool(dict.__getitem__(self, "success"))
+
+    @property
+    def queued(self) -> bool:
+        """True when this answer is not the event's final one: it is queued or on its way."""
+        return bool(dict.__getitem__(self, "queued"))
 
     @property
     def status_code(self) -> Optional[int]:
@@ -206,9 +219,10 @@ class _Books(Protocol):
 class TrackResult(Result):
     """What ``track_*`` returns at once; ``wait()`` gives the event's final ``Result``.
 
-    As a dict it holds the answer at return: ``queued`` (``success`` True, ``outcome``
-    None) or, for an event settled at once (invalid, closed, disabled, ``sync_mode``,
-    a full queue), that final answer.
+    As a dict it holds the answer at return: queued (``success=True``, ``queued=True``,
+    ``message="queued"``, ``outcome=None``: accepted and queued, not yet sent, so not yet
+    delivered) or, for an event settled at once (invalid, closed, disabled, ``sync_mode``,
+    a full queue), that final answer (``queued=False``).
     """
 
     __slots__ = ("_books", "_item")
@@ -232,12 +246,22 @@ class TrackResult(Result):
         return self._item._final is not None
 
     def wait(self, timeout_s: Optional[float] = None) -> Result:
-        """Block until the event's final outcome or ``timeout_s``; never raises.
+        """Block until the event's final outcome, at most ``timeout_s``; never raises.
 
-        Returns the server's answer (``success``, ``status_code``, ``data`` or ``error``).
-        On timeout returns a Result with ``success=False``, ``outcome=None`` and an
-        ``error`` saying the event is still pending. ``None`` waits without a bound;
-        negative, NaN or non-numeric timeouts do not wait.
+        This gives the vendor SDK's meaning of ``success``: the API accepted the event.
+
+        Args:
+            timeout_s: the longest to wait, in seconds. None (the default) waits without a
+                bound; negative, NaN or non-numeric values do not wait; huge ones are
+                clamped. An event already settled returns at once.
+
+        Returns:
+            The final ``Result``: ``success`` True for ``delivered`` (2xx) and ``duplicate``
+            (409, already recorded); False for ``rejected``, ``failed``, ``dropped`` and
+            ``spooled``, with ``status_code``, ``error`` and ``details`` saying why;
+            ``outcome`` and ``reason`` name it. If the deadline passes first: a Result with
+            ``success=False``, ``queued=True``, ``outcome=None``, ``message="pending"`` and
+            an ``error`` saying the event is still pending (it stays on its way).
         """
         # Any timeout value is fine: None waits without a bound; inf and huge are clamped;
         # negative, NaN and non-numbers mean 0 (a garbage timeout must not hang a caller).
@@ -250,6 +274,7 @@ class TrackResult(Result):
             return final
         return Result(
             success=False,
+            queued=True,
             message="pending",
             error=f"no final outcome within {bound:g} s; the event is still pending"
             if bound is not None
@@ -262,7 +287,14 @@ class FlushResult(_ReadOnly):
     """Counts by outcome over the client's life, what is still pending, and whether time ran out.
 
     A read-only dict (it serialises as it prints) with the same names as attributes.
-    Truthy when nothing that was tracked before the call is still pending.
+    Truthy when the call finished in time: nothing it waited for is still pending and its
+    deadline was not hit.
+
+    From ``flush()``: ``pending`` counts the events tracked before the call that still have
+    no outcome, and ``timed_out`` is ``pending > 0``. From ``close()``: the counts are taken
+    after close has settled what it gave up on, so ``dropped`` (or ``spooled``, with a
+    spool) includes those, ``pending`` is what is really left (0 unless an event raced in
+    while closing), and ``timed_out`` says whether the deadline was hit.
     """
 
     __slots__ = ()
@@ -320,12 +352,15 @@ class FlushResult(_ReadOnly):
 
     @property
     def pending(self) -> int:
-        """Events tracked before the call that still have no outcome."""
+        """Events that still have no outcome when the call returned (see the class docstring)."""
         return self._count("pending")
 
     @property
     def timed_out(self) -> bool:
-        """True when the wait ended at its deadline with events still pending."""
+        """True when the call's deadline was hit with events still pending.
+
+        For ``close()``, those events were then dropped or spooled (and counted there).
+        """
         return bool(dict.__getitem__(self, "timed_out"))
 
     @property
@@ -334,7 +369,7 @@ class FlushResult(_ReadOnly):
         return self._count("spooled")
 
     def __bool__(self) -> bool:
-        return self.pending == 0
+        return self.pending == 0 and not self.timed_out
 
     def __repr__(self) -> str:
         return f"FlushResult({', '.join(f'{k}={v!r}' for k, v in self.items())})"

@@ -37,7 +37,7 @@ response = client.track_lead(
     customer_email="john@example.com",
 )
 
-print(response)  # {'success': True, 'message': 'queued', ...}: accepted, not yet sent
+print(response)  # {'success': True, 'queued': True, ...}: accepted, not yet sent
 
 # track_lead returned at once; wait (bounded) for the API's answer.
 answer = response.wait(timeout_s=10.0)

@@ -68,9 +68,18 @@ def _body_parts(body: Any) -> tuple[Any, Optional[str], Optional[dict[str, str]]
 
 
 def from_reply(
-    event: Event, reply: Reply, outcome: Outcome, reason: Reason, attempts: int
+    event: Event,
+    reply: Reply,
+    outcome: Outcome,
+    reason: Reason,
+    attempts: int,
+    *,
+    spent_s: Optional[float] = None,
 ) -> Result:
-    """The final result of an event the server answered (or never answered)."""
+    """The final result of an event the server answered (or never answered).
+
+    ``spent_s``: for an event given up on, the seconds spent trying (said in ``error``).
+    """
     data, error, details = _body_parts(reply.body)
     if outcome is Outcome.DELIVERED:
         return Result(
@@ -101,7 +110,8 @@ def from_reply(
     elif error is None:
         error = f"HTTP {reply.status_code}"
     if outcome is Outcome.FAILED and reason is Reason.RETRIES_EXHAUSTED:
-        error = f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})"
+        spent = f" in {spent_s:.1f} s" if spent_s is not None else ""
+        error = f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''}{spent})"
     return Result(
         success=False,
         status_code=reply.status_code,

@@ -105,6 +105,27 @@ class Settler:
             in_flight,
         )
 
+    def summarise(self) -> None:
+        """At close: one warning line with the client's counts, if anything was not delivered.
+
+        Not delivered: rejected, failed, dropped (but not ``disabled``), spooled (kept for a
+        later replay) and pending. Nothing is logged when every event was delivered.
+        """
+        counts = self._ledger.tally()
+        disabled = counts["reasons"].get(Outcome.DROPPED.value, {}).get(Reason.DISABLED.value, 0)
+        missed = ("rejected", "failed", "dropped", "spooled", "pending")
+        if sum(counts[k] for k in missed) - disabled <= 0:
+            return
+        logger.warning(
+            "client closed: %d event(s) tracked%s, %d delivered, %d duplicate; not delivered: "
+            "%d rejected, %d failed, %d dropped, %d spooled, %d pending",
+            counts["tracked"],
+            f" and {counts['replayed']} replayed from the spool" if counts["replayed"] else "",
+            counts["delivered"],
+            counts["duplicate"],
+            *(counts[k] for k in missed),
+        )
+
     def internal_error(self, result: Optional[Tracked]) -> TrackResult:
         """The last resort for a bug of ours inside track_*: a counted outcome; never raises."""
         final = Result(
@@ -129,8 +150,12 @@ class Settler:
         """Who logs outcomes and runs the callbacks."""
         return self._reporter
 
-    def flush_result(self, pending: int) -> FlushResult:
-        """Counts over the client's life, with ``pending`` still pending."""
+    def flush_result(self, pending: int, *, timed_out: Optional[bool] = None) -> FlushResult:
+        """Counts over the client's life, with ``pending`` still pending.
+
+        ``timed_out`` defaults to ``pending > 0`` (a flush); ``close()`` says whether its
+        deadline was hit, since by the time it answers it has settled what was left.
+        """
         counts = self._ledger.counts()
         return FlushResult(
             delivered=counts["delivered"],
@@ -139,6 +164,6 @@ class Settler:
             failed=counts["failed"],
             dropped=counts["dropped"],
             pending=pending,
-            timed_out=pending > 0,
+            timed_out=pending > 0 if timed_out is None else timed_out,
             spooled=counts["spooled"],
         )

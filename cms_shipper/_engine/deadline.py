@@ -31,12 +31,13 @@ _current = threading.local()  # .slot: the attempt running in this thread, if ar
 class Slot:
     """One thread's attempt: its deadline, its connection, whether it was cut off or sent."""
 
-    __slots__ = ("conn", "deadline", "expired", "sent")
+    __slots__ = ("capped", "conn", "deadline", "expired", "sent")
 
     def __init__(self) -> None:
         self.deadline: Optional[float] = None
         self.conn: Any = None
         self.expired = False
+        self.capped = False  # the deadline is the caller's, sooner than the attempt budget
         self.sent = False  # the request is on the wire: the server may act on it
 
 
@@ -103,10 +104,14 @@ class Watchdog:
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
 
-    def arm(self, slot: Slot) -> None:
-        """Start timing an attempt in the current thread."""
+    def arm(self, slot: Slot, deadline: Optional[float] = None) -> None:
+        """Start timing an attempt in the current thread; cut it at ``deadline`` if sooner."""
         with self._cond:
             slot.deadline = self._clock() + self.budget_s
+            slot.capped = deadline is not None and deadline < slot.deadline
+            if slot.capped:
+                slot.deadline = deadline
+                self._cond.notify_all()  # earlier than the thread's next look: tell it
             slot.conn, slot.expired, slot.sent = None, False, False
             self._armed.add(slot)
             if self._thread is None and not self._stopped:

@@ -55,21 +55,27 @@ class Delivery:
 
     def attempt(self, result: Tracked, ticket: Ticket) -> Step:
         """Send ``result``'s event once and decide: done, park for a retry, or requeue."""
+        return self._attempt(result, ticket)[0]
+
+    def _attempt(
+        self, result: Tracked, ticket: Ticket, deadline: Optional[float] = None
+    ) -> tuple[Step, Optional[Reply]]:
+        """``attempt``, with the reply (None: nothing sent) and an optional cut-off time."""
         event = result.event
         if event is None:  # never queued without one; finish it rather than strand it
             self._gate.release(ticket)
-            return Step(Action.DONE)
+            return Step(Action.DONE), None
         if self._stop.is_set():  # closing: close() settles what was not sent
             self._gate.release(ticket)
-            return Step(Action.REQUEUE)
+            return Step(Action.REQUEUE), None
         try:
             body = event.wire()
         except Exception as exc:  # a value json cannot encode: no attempt can send it
             self._gate.release(ticket)
-            return Step(Action.DONE, result=unsendable(event, exc))
+            return Step(Action.DONE, result=unsendable(event, exc)), None
         started = time.monotonic()
-        reply = self._transport.send(event.path, body)
-        return self._judge(result._seq, event, reply, ticket, started)
+        reply = self._transport.send(event.path, body, deadline)
+        return self._judge(result._seq, event, reply, ticket, started), reply
 
     def _judge(self, seq: int, event: Event, reply: Reply, ticket: Ticket, started: float) -> Step:
         kind = classify(reply)
@@ -114,7 +120,14 @@ class Delivery:
         delay = self._policy.next_delay(count, elapsed, reply.retry_after_s)
         if delay is None:
             self._charges.pop(seq, None)
-            failed = from_reply(event, reply, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, count)
+            failed = from_reply(
+                event,
+                reply,
+                Outcome.FAILED,
+                Reason.RETRIES_EXHAUSTED,
+                count,
+                spent_s=time.monotonic() - charges.first_at,
+            )
             return Step(Action.DONE, result=failed)
         return Step(Action.PARK, delay_s=delay)
 
@@ -136,32 +149,50 @@ class Delivery:
         self._charges.pop(seq, None)
 
     def send_now(self, result: Tracked, budget_s: float) -> Result:
-        """``sync_mode``: attempt until a final outcome, giving up after ``budget_s``."""
+        """``sync_mode``: attempt until a final outcome; give up ``budget_s`` after the start.
+
+        It keeps trying until then (a pause of the gate longer than what is left is waited
+        out in case another thread's probe reopens it), and no attempt outlives the budget:
+        each is cut off at the deadline.
+        """
         event = event_of(result)
-        give_up_at = time.monotonic() + budget_s
+        started = time.monotonic()
+        give_up_at = started + budget_s
+        attempts, last = 0, None
         while True:
             ticket, wait = self._gate.admit()
             if ticket is None:
                 step = Step(Action.PARK, delay_s=_SYNC_POLL_S if wait == float("inf") else wait)
             else:
-                step = self.attempt(result, ticket)
+                step, reply = self._attempt(result, ticket, give_up_at)
+                if reply is not None:
+                    attempts, last = attempts + 1, reply
             if step.action is Action.DONE:
-                return step.result or unsendable(event, RuntimeError("no result"))
+                final: Optional[Result] = step.result
+                if final is not None and final.reason is Reason.RETRIES_EXHAUSTED:
+                    # Out of retries: said with every attempt made here, charged or not.
+                    final = self._gave_up(
+                        result._seq, event, time.monotonic() - started, attempts, last
+                    )
+                return final or unsendable(event, RuntimeError("no result"))
             remaining = give_up_at - time.monotonic()
-            if self._stop.is_set() or step.delay_s > remaining:
-                return self._gave_up(result._seq, event, budget_s)
-            self._stop.wait(step.delay_s)
+            if self._stop.is_set() or remaining <= 0:
+                return self._gave_up(result._seq, event, time.monotonic() - started, attempts, last)
+            self._stop.wait(min(step.delay_s, remaining))
 
-    def _gave_up(self, seq: int, event: Event, budget_s: float) -> Result:
-        charges = self._charges.pop(seq, None)
+    def _gave_up(
+        self, seq: int, event: Event, spent_s: float, attempts: int, last: Optional[Reply]
+    ) -> Result:
+        """The result of a ``sync_mode`` event out of time: what was tried, for how long, why."""
+        self._charges.pop(seq, None)
         if self._stop.is_set():
             return dropped(event, Reason.SHUTDOWN, "the client closed before delivery")
-        last = charges.last if charges else None
-        if last is None:
-            cause = self._gate.state().get("circuit_cause") or "the API is not answering"
-            last = Reply(None, error=f"{cause}; gave up after {budget_s:g} s (sync_mode)")
-        attempts = charges.count if charges else 0
-        return from_reply(event, last, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, attempts)
+        if last is None:  # the gate never let a request out: say why it held them
+            cause = self._gate.state().get("circuit_cause") or "the API was not answering"
+            last = Reply(None, error=str(cause))
+        return from_reply(
+            event, last, Outcome.FAILED, Reason.RETRIES_EXHAUSTED, attempts, spent_s=spent_s
+        )
 
 
 def _cause(reply: Reply) -> str:

@@ -132,7 +132,9 @@ class Dispatcher(Generic[T]):
 
     def _apply(self, customer: Hashable, step: Step, probe: bool) -> None:
         with self._cv:
-            if step.action is Action.DONE:
+            # Stopping: an item not done stays unsent and the caller settles it, so it
+            # leaves the scheduler rather than be counted as scheduled after close().
+            if step.action is Action.DONE or self._stop.is_set():
                 self._sched.complete(customer)
             elif step.action is Action.PARK:
                 self._sched.park(customer, self._clock() + step.delay_s)
@@ -189,7 +191,8 @@ class Dispatcher(Generic[T]):
     def stop(self, timeout_s: Optional[float]) -> None:
         """Tell every sender to stop after its current attempt and wait at most ``timeout_s``.
 
-        Items not yet sent stay where they are; the caller settles them.
+        Items not yet sent stay where they are; the caller settles them, then
+        ``discard_unsent`` lets go of them.
         """
         self._stop.set()
         self.notify()
@@ -200,3 +203,15 @@ class Dispatcher(Generic[T]):
             if thread is not threading.current_thread():
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 thread.join(remaining)
+
+    def discard_unsent(self) -> None:
+        """After ``stop``: let go of every item not in flight, queued or scheduled.
+
+        The caller settles them (``close()``); this only keeps ``held`` and the queue's
+        depth truthful. Queued items are taken, so their slots are released by the
+        ``task_done`` that settles each.
+        """
+        with self._cv:
+            while self._queue.take(self._batch_size):
+                pass
+            self._sched.drop_waiting()

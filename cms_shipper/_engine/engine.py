@@ -92,6 +92,7 @@ class Engine:
     def stop(self, deadline: float, abandoned: list[Tracked]) -> None:
         """Stop the senders by ``deadline`` (monotonic) and forget ``abandoned`` retries."""
         self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
+        self.dispatcher.discard_unsent()  # the caller settles them; stats() must not show them
         for pending in abandoned:
             self.delivery.forget(pending._seq)
 

@@ -318,7 +318,8 @@ class HealthGate:
 
     def _close(self, now: float, why: str) -> None:
         paused = now - self._paused_since
-        logger.info(
+        # At the pause's own level: a user who saw the pause must see it end.
+        logger.warning(
             "%s after %.1f s (%s): sending resumed",
             "circuit closed" if self._mode == "open" else "rate limit over",
             paused,

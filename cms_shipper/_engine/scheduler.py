@@ -106,6 +106,23 @@ class Scheduler(Generic[T]):
         """When the earliest parked head is due; None if nothing is parked."""
         return self._parked[0][0] if self._parked else None
 
+    def drop_waiting(self) -> None:
+        """Forget every item not in flight (closing: the books settle them); keep in-flight heads.
+
+        A customer in flight is one neither ready nor parked: only its head is kept, so
+        ``complete`` still finds it when its attempt ends.
+        """
+        idle = set(self._ready)
+        idle.update(customer for _, _, customer in self._parked)
+        kept: dict[Hashable, object] = {}
+        for customer, held in self._fifos.items():
+            if customer not in idle:
+                kept[customer] = held[0] if type(held) is _Many else held
+        self._fifos = kept
+        self._ready.clear()
+        self._parked.clear()
+        self._size = len(kept)
+
     def items(self) -> Iterator[T]:
         """Every item held, customer by customer, each customer's oldest first."""
         for held in self._fifos.values():

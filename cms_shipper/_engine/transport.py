@@ -15,6 +15,7 @@ import json
 import os
 import re
 import threading
+import time
 from email.utils import parsedate_to_datetime
 from time import time as _now
 from typing import Any, NamedTuple, Optional
@@ -175,28 +176,34 @@ class Transport:
             local.prep, local.slot = self._template.copy(), Slot()
             return local.prep, local.slot
 
-    def send(self, path: str, body: bytes) -> Reply:
+    def send(self, path: str, body: bytes, deadline: Optional[float] = None) -> Reply:
         """POST ``body`` (JSON bytes) to ``path``; return the reply; never raise.
 
-        Redirects are not followed: a redirected POST would turn into a GET and lose the
-        event, so a 3xx comes back as it is.
+        ``deadline`` (monotonic), when given, cuts the attempt off then if it ends sooner
+        than its own timeouts would (``sync_mode``'s budget). Redirects are not followed: a
+        redirected POST would turn into a GET and lose the event, so a 3xx comes back as it is.
         """
         prep, slot = self._own()
         prep.url = self._host + path
         prep.body = body
         prep.headers["Content-Length"] = str(len(body))
-        self._watchdog.arm(slot)
+        timeout = self._timeout
+        if deadline is not None:
+            left = max(0.001, deadline - time.monotonic())
+            timeout = (min(timeout[0], left), min(timeout[1], left))
+        self._watchdog.arm(slot, deadline)
         try:
             response: Any = self._adapter.send(
                 prep,
                 stream=True,
-                timeout=self._timeout,
+                timeout=timeout,
                 verify=self._verify,
                 proxies=self._proxies,
             )
         except Exception as exc:  # requests' errors, and anything a hostile peer provokes
             expired = self._watchdog.disarm(slot)
-            return Reply(None, error=self._describe(exc, expired), unreachable=_unreachable(exc))
+            why = self._describe(exc, expired, slot.capped)
+            return Reply(None, error=why, unreachable=_unreachable(exc))
         try:
             return self._read(response, slot)
         finally:
@@ -221,7 +228,9 @@ class Transport:
             parse_retry_after(raw.headers.get("Retry-After")),
         )
 
-    def _describe(self, exc: BaseException, expired: bool) -> str:
+    def _describe(self, exc: BaseException, expired: bool, capped: bool = False) -> str:
+        if expired and capped:
+            return "Timeout: no complete answer by the end of the time given; attempt cut off"
         if expired:
             return (
                 f"Timeout: no complete answer within {self._watchdog.budget_s:g} s "

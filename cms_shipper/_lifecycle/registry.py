@@ -29,7 +29,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Protocol
 
-from cms_shipper._log import logger
+from cms_shipper._log import flush_suppressed, logger
 
 __all__ = ["Settings", "open_pipelines", "register"]
 
@@ -160,6 +160,7 @@ def _close_all_at_exit() -> None:
         pipeline.wake()  # all send at once: the later ones do not wait for the earlier ones
     for pipeline in pipelines:
         pipeline.close(deadline=started + pipeline.settings.shutdown_timeout_s)
+    flush_suppressed()  # also for clients closed earlier: their collapsed repeats, counted
 
 
 atexit.register(_close_all_at_exit)

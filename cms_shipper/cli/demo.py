@@ -31,15 +31,18 @@ class _Recorder:
 
     It also holds the budget: once ``limit`` calls are made, further calls are skipped, so
     ``--events N`` tracks exactly N events (a journey under way when it runs out is cut
-    short, like a visitor who leaves).
+    short, like a visitor who leaves). Each thread's first call is its warm-up (it starts
+    the sender threads and loads what a first event needs): timed apart, not in the figures.
     """
 
     def __init__(self, limit: int) -> None:
         self.lock = threading.Lock()
         self.limit = limit
         self.latencies_ns: list[int] = []
+        self.warm_up_ns: list[int] = []
         self.expected: dict[str, list[str]] = defaultdict(list)
         self.tracked = 0
+        self._warm = threading.local()
 
     def call(self, customer: str, name: str, send: Any) -> None:
         with self.lock:
@@ -49,8 +52,10 @@ class _Recorder:
         started = time.perf_counter_ns()
         result = send()
         took = time.perf_counter_ns() - started
+        warm = getattr(self._warm, "done", False)
+        self._warm.done = True
         with self.lock:
-            self.latencies_ns.append(took)
+            (self.latencies_ns if warm else self.warm_up_ns).append(took)
             if result.success:
                 # One thread tracks each customer, so this keeps the order of its calls.
                 self.expected[customer].append(name)
@@ -144,33 +149,74 @@ def _answers(statuses: list[Optional[int]]) -> str:
     return ", ".join(parts)
 
 
-def _summary(client: CMSClient, rec: _Recorder, emulator: Emulator, took: float) -> int:
-    stats: dict[str, Any] = dict(client.stats())
-    print(f"\nDone in {took:.1f} s.\n\nOutcomes (tracked {stats['tracked']}):")
+# Why an outcome happened in a demo run, by (outcome, reason); said only when it happened.
+_WHY = {
+    ("rejected", "invalid"): "the float amounts the demo sends on purpose, refused inside"
+    " track_* and never sent",
+    ("rejected", "http_error"): "refused by the API (4xx); never retried",
+    ("duplicate", "already_recorded"): "a repeated invoice (a webhook delivered twice, or a"
+    " sale retried after a lost answer), answered 409: not an error",
+    ("failed", "retries_exhausted"): "out of retries: the API kept failing for this event",
+    ("dropped", "shutdown"): "still pending when close() ran out of time",
+    ("dropped", "queue_full"): "the queue was full",
+}
+
+
+def _outcomes(stats: dict[str, Any]) -> None:
+    print(f"\nOutcomes (tracked {stats['tracked']}):")
     for outcome in _OUTCOMES:
         reasons = stats["reasons"].get(outcome, {})
         detail = ", ".join(f"{k} {v}" for k, v in reasons.items())
-        print(f"  {outcome:<10}{stats[outcome]:6d}  {detail}")
-    print(
-        "  rejected: the float amounts the demo sends on purpose, refused inside track_*\n"
-        "  duplicate: a repeated invoice (a webhook delivered twice, or a sale retried after"
-        " a lost answer), answered 409"
-    )
+        print(f"  {outcome:<10}{stats[outcome]:6d}  {detail}".rstrip())
+    for outcome, reasons in stats["reasons"].items():
+        for reason, count in reasons.items():
+            why = _WHY.get((outcome, reason))
+            if why and count and outcome != "delivered":
+                print(f"  {outcome} ({reason}): {why}")
+
+
+def _faults(emulator: Emulator, outage_at: Optional[float]) -> None:
     statuses = [r.status for r in emulator.requests]
     print(f"\nThe API saw {len(statuses)} requests; it recorded {len(emulator.events)} events.")
-    print(f"  by answer: {_answers(statuses)}")
-    held, repeats = _order_held(rec, emulator)
-    print(
-        f"Per-customer order in the API's record: {'held' if held else 'BROKEN'}"
-        f" ({len(rec.expected)} customers; {repeats} lead(s) recorded twice"
-        " after a lost answer)."
-    )
+    if statuses:
+        print(f"  by answer: {_answers(statuses)}")
+    if outage_at is None:
+        print("  The outage planned 0.8 s in did not happen: the run ended before.")
+    else:
+        print(f"  A 0.5 s outage began {outage_at:.1f} s in (its requests are among the 503s).")
+
+
+def _latency(rec: _Recorder) -> None:
     lat = sorted(rec.latencies_ns)
+    warm = max(rec.warm_up_ns) / 1000 if rec.warm_up_ns else 0.0
+    warm_up = (
+        f"; each thread's first call, its warm-up ({len(rec.warm_up_ns)} calls, up to"
+        f" {warm:.1f} us: it starts the senders), is not in these figures"
+    )
+    if not lat:
+        print(f"\ntrack_* latency: no call after the warm-up{warm_up}.")
+        return
     print(
-        f"\ntrack_* latency seen by the request handlers ({len(lat)} calls):"
+        f"\ntrack_* latency seen by the request handlers ({len(lat)} calls{warm_up}):"
         f" p50 {_percentile(lat, 0.5):.1f} us, p99 {_percentile(lat, 0.99):.1f} us,"
         f" max {lat[-1] / 1000:.1f} us"
     )
+
+
+def _summary(
+    client: CMSClient, rec: _Recorder, emulator: Emulator, took: float, outage_at: Optional[float]
+) -> int:
+    stats: dict[str, Any] = dict(client.stats())
+    print(f"\nDone in {took:.1f} s.")
+    _outcomes(stats)
+    _faults(emulator, outage_at)
+    held, repeats = _order_held(rec, emulator)
+    twice = f"; {repeats} lead(s) recorded twice after a lost answer" if repeats else ""
+    print(
+        f"Per-customer order in the API's record: {'held' if held else 'BROKEN'}"
+        f" ({len(rec.expected)} customers{twice})."
+    )
+    _latency(rec)
     adds_up = stats["tracked"] + stats["replayed"] == sum(stats[o] for o in _OUTCOMES)
     print(f"Accounting: tracked = sum of outcomes: {'yes' if adds_up else 'NO'}")
     return 0 if adds_up and held else 1
@@ -191,7 +237,8 @@ def run_demo(*, events: int = 400, threads: int = 4, seed: int = 1) -> int:
         emulator.drop_connection_after_record(2)
         print(
             f"Emulated CutMeShort API on {emulator.url}: 5 ms latency, 3% 503s, 90 requests/s"
-            " then 429, 2 answers lost after recording, a 0.5 s outage midway."
+            " then 429, the next 2 answers lost after recording, and a 0.5 s outage 0.8 s"
+            " into the run (if it lasts that long)."
         )
         # Outcomes are in the summary; per-event warning lines would garble the progress.
         logger.setLevel(logging.ERROR)
@@ -205,14 +252,21 @@ def run_demo(*, events: int = 400, threads: int = 4, seed: int = 1) -> int:
         )
         rec, done = _Recorder(events), threading.Event()
         ticker = threading.Thread(target=_progress, args=(client, done, emulator), daemon=True)
-        outage = threading.Timer(0.8, emulator.outage, kwargs={"duration_s": 0.5})
         started = time.monotonic()
+        outage_at: list[float] = []
+
+        def begin_outage() -> None:
+            emulator.outage(duration_s=0.5)
+            outage_at.append(time.monotonic() - started)
+
+        outage = threading.Timer(0.8, begin_outage)
         ticker.start()
         outage.start()
         _callers(client, rec, threads, seed)
         client.flush(30.0)
+        outage.cancel()  # after the callers: a run that ends sooner has no outage
         client.close(10.0)
         done.set()
         ticker.join()
-        outage.cancel()
-        return _summary(client, rec, emulator, time.monotonic() - started)
+        took = time.monotonic() - started
+        return _summary(client, rec, emulator, took, outage_at[0] if outage_at else None)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 from typing import Any, Optional
 
 from cms_shipper._config import CMS_BEARER_TOKEN, CMS_HOST, DEFAULT_HOST
@@ -21,7 +23,7 @@ from cms_shipper.cli.fleet import add_parser as add_fleet_parser
 from cms_shipper.cli.fleet import run_fleet
 from cms_shipper.client import CMSClient
 from cms_shipper.errors import ConfigurationError
-from cms_shipper.results import Outcome, Result
+from cms_shipper.results import Outcome, Reason, Result
 
 __all__ = ["main"]
 
@@ -69,21 +71,55 @@ def _add_send_options(parser: argparse.ArgumentParser) -> None:
         type=finite(0, above=True),
         default=15.0,
         metavar="S",
-        help="give up after about S seconds, retries included (default: %(default)g)",
+        help="the total time to give up, retries included: the command ends within about "
+        "a second of S seconds after it starts (default: %(default)g)",
     )
 
 
+_SEND_EXIT = """\
+exit status:
+  0  delivered, or a duplicate (the API already had it)
+  1  not delivered: the API refused it, or could not be reached within --timeout-s
+     (the JSON's error says the attempts made, the time spent and the last cause)
+  2  usage error, or invalid input (the JSON names the field; nothing was sent)"""
 _EPILOG = f"""\
 token: from --token-file FILE, else the {CMS_BEARER_TOKEN} environment variable
 host:  from --host URL, else {CMS_HOST}, else {DEFAULT_HOST}
-exit status: 0 delivered (or a duplicate), 1 failed (the result says why), 2 usage error"""
+{_SEND_EXIT}"""
+_MAIN_EPILOG = f"""\
+exit status of lead and sale:
+{_SEND_EXIT.split(chr(10), 1)[1]}
+other commands: 0 done; 1 see the command's --help; 2 usage error"""
+_SPOOL_EPILOG = """\
+actions:
+  status  print what the spool holds, as JSON; opens the file read-only
+  replay  send what it holds through a normal client, with a progress bar, then
+          print counts that add up (in_spool_before + added_by_others =
+          delivered + duplicate + rejected + failed + dropped + left_kept)
+  purge   delete every event it holds (asks first, unless --yes)
+
+exit status:
+  0  done (replay: nothing left in the spool, nothing refused)
+  1  replay: events left in the spool, or refused or failed by the API; purge:
+     declined at the prompt; the spool could not be used (busy, I/O error)
+  2  usage error: no spool at --path, the file is not a spool, or purge without
+     --yes and no terminal to ask"""
+_DEMO_EPILOG = """\
+exit status:
+  0  every event has its outcome counted and per-customer order held
+  1  the counts do not add up, or order broke (a bug: please report it)
+  2  usage error"""
+_EMULATOR_EPILOG = """\
+exit status:
+  0  stopped with Ctrl-C
+  2  usage error, or it cannot listen on --host/--port"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cms-shipper",
         description="CutMeShort conversion events from the command line.",
-        epilog=_EPILOG,
+        epilog=_MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -94,22 +130,54 @@ def _parser() -> argparse.ArgumentParser:
         help="run the local CutMeShort API emulator",
         description="Run the CutMeShort API emulator in the foreground, one line per /track "
         "request on stderr, until Ctrl-C.",
+        epilog=_EMULATOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_emulator_options(emulator)
 
-    spool = commands.add_parser("spool", help="inspect, replay or purge an on-disk spool")
-    spool.add_argument("action", choices=["status", "replay", "purge"])
-    spool.add_argument("--path", required=True, help="the spool file (spool_path)")
-    spool.add_argument("--host", help=f"API base URL for replay (default: ${CMS_HOST})")
-    spool.add_argument(
-        "--token-file", help=f"bearer token file for replay (default: ${CMS_BEARER_TOKEN})"
+    spool = commands.add_parser(
+        "spool",
+        help="inspect, replay or purge an on-disk spool",
+        description="Inspect, replay or purge the on-disk spool a client keeps at spool_path.",
+        epilog=_SPOOL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    spool.add_argument("--timeout-s", type=float, default=300.0, help="replay gives up after this")
-    spool.add_argument("--yes", action="store_true", help="purge without asking")
+    spool.add_argument(
+        "action",
+        choices=["status", "replay", "purge"],
+        help="what to do: status, replay or purge (see actions below)",
+    )
+    spool.add_argument(
+        "--path", required=True, metavar="FILE", help="the spool file (spool_path); required"
+    )
+    spool.add_argument(
+        "--host",
+        metavar="URL",
+        help=f"replay: API base URL (default: ${CMS_HOST}, else {DEFAULT_HOST})",
+    )
+    spool.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"replay: read the bearer token from FILE (default: ${CMS_BEARER_TOKEN})",
+    )
+    spool.add_argument(
+        "--timeout-s",
+        type=finite(0),
+        default=300.0,
+        metavar="S",
+        help="replay: the total time it may take; what is not sent by then stays in the "
+        "spool (default: %(default)g)",
+    )
+    spool.add_argument("--yes", action="store_true", help="purge: do not ask first (default: ask)")
 
     add_fleet_parser(commands)
 
-    demo = commands.add_parser("demo", help="a tour: emulated API with faults, a realistic mix")
+    demo = commands.add_parser(
+        "demo",
+        help="a tour: emulated API with faults, a realistic mix",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_argument(
         "--events", type=int, default=400, help="events to track (default: %(default)s)"
     )
@@ -170,16 +238,24 @@ def _token(args: argparse.Namespace) -> Optional[str]:
 
 
 def _send(args: argparse.Namespace) -> int:
-    budget = max(1.0, args.timeout_s)
+    # --timeout-s counts from the command's start: what start-up took is not given again.
+    budget = max(0.05, args.timeout_s - (time.monotonic() - _STARTED))
+    # The JSON and one line on stderr say what happened; the library's own lines (the
+    # event's outcome, the close summary) would say it twice.
+    logging.getLogger("cms_shipper").setLevel(logging.ERROR)
     try:
         client = CMSClient(
             token=_token(args),
             host=args.host,
             sync_mode=True,
-            retry_max_attempts=4,
-            retry_max_elapsed_s=budget / 2,
-            connect_timeout_s=min(5.0, budget / 4),
-            read_timeout_s=min(10.0, budget / 4),
+            # Time is the bound (sync_mode cuts every attempt at it), not a count; retries
+            # at most a second apart, so the last one comes close to the deadline.
+            retry_max_attempts=1000,
+            retry_max_elapsed_s=budget,
+            retry_initial_backoff_s=min(0.25, budget / 4),
+            retry_max_backoff_s=min(1.0, max(budget / 4, 0.25)),
+            connect_timeout_s=min(5.0, budget),
+            read_timeout_s=min(10.0, budget),
         )
     except ConfigurationError as exc:
         raise ValueError(_config_problem(exc, args)) from None
@@ -197,9 +273,13 @@ def _send(args: argparse.Namespace) -> int:
             args.currency,
             **fields,
         )
-    client.close(1.0)
+    client.close(0.5)  # sync_mode: nothing is queued, this only ends the threads
     print(json.dumps(result.to_dict(), indent=2, default=str))
-    return EXIT_OK if _succeeded(result) else EXIT_FAILED
+    if _succeeded(result):
+        return EXIT_OK
+    said = f"cms-shipper: not delivered: {result.outcome} ({result.reason}): {result.error}"
+    print(said, file=sys.stderr)
+    return EXIT_USAGE if result.reason is Reason.INVALID else EXIT_FAILED
 
 
 def _config_problem(exc: ConfigurationError, args: argparse.Namespace) -> str:
@@ -249,8 +329,13 @@ _COMMANDS = {
 }
 
 
+_STARTED = time.monotonic()  # when the command started, as near as this module can tell
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (each command's --help lists them)."""
+    global _STARTED  # noqa: PLW0603  # main() in-process (tests) starts its own clock
+    _STARTED = time.monotonic()
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)

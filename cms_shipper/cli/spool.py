@@ -1,5 +1,7 @@
 """``cms-shipper spool status|replay|purge --path FILE``.
 
+Exit status: 0 done; 1 events left or refused (replay), purge declined, or the spool could
+not be used; 2 a usage error (no file, not a spool, purge without ``--yes`` or a terminal).
 ``status`` opens the file read-only and changes nothing. ``replay`` returns within
 ``--timeout-s`` (plus process start-up), prints counts that add up and, when events are
 left, the cause. No action moves or rewrites a file that is not a spool.
@@ -129,9 +131,9 @@ def run_spool(args: argparse.Namespace, token: Optional[str]) -> int:
         if args.action == "purge":
             return _purge(args, status.total)
         return _replay(args, token, status)
-    except Unreadable as exc:
+    except Unreadable as exc:  # the user's --path is wrong: a usage error, like no file
         print(f"cms-shipper: {args.path} is not a spool ({exc}); left unchanged", file=sys.stderr)
-        return 1
+        return 2
     except SpoolError as exc:
         print(f"cms-shipper: {exc}", file=sys.stderr)
         return 1

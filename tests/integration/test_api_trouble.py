@@ -97,7 +97,8 @@ def test_one_failing_customer_never_holds_back_the_others(
     tried = [r.payload["eventName"] for r in cms_emulator.requests if r.status == 503]
     assert tried and set(tried) == {"bad-0"}  # its later events never overtook it
     closed = client.close(0.5)
-    assert closed.pending == 5 and all(r.wait(0).reason is Reason.SHUTDOWN for r in bad)
+    assert (closed.dropped, closed.pending, closed.timed_out) == (5, 0, True)
+    assert all(r.wait(0).reason is Reason.SHUTDOWN for r in bad)
 
 
 def test_a_failing_customers_own_failures_are_charged(

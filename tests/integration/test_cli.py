@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -63,11 +65,19 @@ def test_sale_then_the_same_invoice_is_a_duplicate(cms_emulator: Emulator) -> No
     assert cms_emulator.events[0].payload["currency"] == "USD"
 
 
-def test_invalid_input_exits_one_with_a_422_naming_the_field(cms_emulator: Emulator) -> None:
-    done = cli(*LEAD, "--customer-email", "not-an-email", host=cms_emulator.url)
-    assert done.returncode == 1
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [([*LEAD, "--customer-email", "not-an-email"], "customer_email"),
+     ([*SALE, "--amount", "4999", "--currency", "US"], "currency")],
+)  # fmt: skip
+def test_invalid_input_exits_two_with_a_422_naming_the_field(
+    cms_emulator: Emulator, command: list[str], field: str
+) -> None:
+    done = cli(*command, host=cms_emulator.url)
+    assert done.returncode == 2  # local validation, like a float --amount: nothing sent
     answer = json.loads(done.stdout)
-    assert answer["status_code"] == 422 and "customer_email" in answer["details"]
+    assert answer["status_code"] == 422 and field in answer["details"]
+    assert done.stderr.startswith(f"cms-shipper: not delivered: rejected (invalid): {field}: ")
     assert cms_emulator.requests == []
 
 
@@ -106,17 +116,61 @@ def test_a_bad_host_is_named_by_its_flag() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_server_down_exits_one_within_the_timeout() -> None:
+# Interpreter start-up on a slow, busy machine, on top of the second the command may take.
+START_UP_SLACK_S = 4.0
+
+
+@pytest.mark.parametrize("timeout_s", [2.0, 6.0])
+def test_timeout_s_is_the_time_it_takes_to_give_up_against_a_closed_port(
+    timeout_s: float,
+) -> None:
     started = time.monotonic()
-    done = cli(*LEAD, "--timeout-s", "2", host=f"http://127.0.0.1:{unused_port()}")
-    assert done.returncode == 1 and json.loads(done.stdout)["outcome"] == "failed"
-    assert time.monotonic() - started < 20
+    done = cli(*LEAD, "--timeout-s", f"{timeout_s:g}", host=f"http://127.0.0.1:{unused_port()}")
+    took = time.monotonic() - started
+    # A bound both ways: it kept trying until about S (it used to give up at S/5 to S/2),
+    # and it ended within a second of S (plus the interpreter's start-up).
+    assert timeout_s - 1.0 <= took <= timeout_s + 1.0 + START_UP_SLACK_S, took
+    assert done.returncode == 1
+    answer = json.loads(done.stdout)
+    assert (answer["outcome"], answer["reason"]) == ("failed", "retries_exhausted")
+    # What happened: the last cause, the attempts made and the time spent.
+    said = re.search(r"\(gave up after (\d+) attempts? in ([\d.]+) s\)$", answer["error"])
+    assert said and "Connection refused" in answer["error"], answer["error"]
+    attempts, spent = int(said.group(1)), float(said.group(2))
+    assert attempts >= 2 and timeout_s - 1.0 <= spent <= timeout_s + 0.5
+    assert (
+        done.stderr.strip()
+        == f"cms-shipper: not delivered: failed (retries_exhausted): {answer['error']}"
+    )
 
 
-@pytest.mark.parametrize("command", [[], ["lead"], ["sale"], ["emulator"], ["demo"]])
-def test_help_everywhere(command: list[str]) -> None:
+def test_timeout_s_cuts_off_an_attempt_the_server_holds(cms_emulator: Emulator) -> None:
+    cms_emulator.configure(latency_s=30.0)
+    started = time.monotonic()
+    done = cli(*LEAD, "--timeout-s", "2", host=cms_emulator.url)
+    assert time.monotonic() - started <= 2.0 + 1.0 + START_UP_SLACK_S
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["error"]
+    assert error.startswith("Timeout: no complete answer by the end of the time given"), error
+
+
+@pytest.mark.parametrize("command", [[], ["lead"], ["sale"], ["emulator"], ["demo"], ["spool"]])
+def test_help_everywhere_lists_the_exit_codes(command: list[str]) -> None:
     done = cli(*command, "--help")
     assert done.returncode == 0 and "usage: cms-shipper" in done.stdout
+    codes = re.findall(r"^\s+([012])  \S", done.stdout.split("exit status", 1)[-1], re.MULTILINE)
+    assert "exit status" in done.stdout and "0" in codes and "2" in codes, done.stdout
+
+
+def test_every_commands_help_lists_its_exit_statuses() -> None:
+    from cms_shipper.cli.main import _parser  # the parser itself: every command, in-process
+
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) >= {"lead", "sale", "emulator", "spool", "demo"}
+    for name, sub in {"": parser, **commands.choices}.items():
+        text = sub.format_help()
+        assert "exit status" in text and re.search(r"\b0\b", text), name
 
 
 HELP_MENTIONS = {
@@ -126,6 +180,9 @@ HELP_MENTIONS = {
     "emulator": ["(default: 8787)", "(default: 127.0.0.1)", "(default: test-token)",
                  "--quiet", "--latency-ms MS", "0 to 1", "(default: random)"],
     "demo": ["(default: 400)", "(default: 4)", "(default: 1)"],
+    "spool": ["status print what the spool holds", "replay send what it holds",
+              "purge delete every event", "(default: 300)", "(default: ask)",
+              "(default: $CMS_HOST, else https://api.cme.sh)", "(default: $CMS_BEARER_TOKEN)"],
 }  # fmt: skip
 
 
@@ -200,6 +257,21 @@ def test_demo_runs_and_its_books_add_up() -> None:
     assert "Accounting: tracked = sum of outcomes: yes" in done.stdout
     assert "Per-customer order in the API's record: held" in done.stdout
     assert "p99" in done.stdout
+
+
+def test_a_short_demo_explains_only_what_happened_in_it() -> None:
+    # 10 events end long before the outage planned 0.8 s in; seed 1 sends no float amount.
+    done = cli("demo", "--events", "10", token=None, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "0.5 s outage 0.8 s into the run (if it lasts that long)" in out
+    assert "The outage planned 0.8 s in did not happen: the run ended before." in out
+    assert "outage midway" not in out and "A 0.5 s outage began" not in out
+    assert re.search(r"^  rejected +0$", out, re.MULTILINE), out
+    assert "float amounts" not in out  # nothing rejected: nothing to explain
+    # Timed after the warm-up: the timed calls and the warm-up calls are the 10 tracked.
+    timed = re.search(r"\((\d+) calls; each thread's first call, its warm-up \((\d+) calls", out)
+    assert timed and int(timed.group(1)) + int(timed.group(2)) == 10, out
 
 
 def _fill_spool(path: Path, count: int) -> None:

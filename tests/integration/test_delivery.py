@@ -124,7 +124,8 @@ def test_server_down_opens_the_circuit_and_the_event_waits(make_client: ClientFa
     assert "Connection refused" in (stats["circuit_cause"] or "")
     assert "_Watched" not in stats["circuit_cause"]  # no internals in the cause
     closed = client.close(0.5)
-    assert closed.pending == 1 and result.wait(0).reason is Reason.SHUTDOWN
+    assert (closed.dropped, closed.pending, closed.timed_out) == (1, 0, True)
+    assert result.wait(0).reason is Reason.SHUTDOWN
 
 
 def test_queue_full_drops_count_and_call_back(

@@ -195,10 +195,30 @@ def test_the_demo_tracks_exactly_the_events_asked_and_explains_its_counts() -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Outcomes (tracked 150):" in done.stdout, done.stdout
     assert "tracked 150 calls" not in done.stdout
-    assert "(150 calls)" in done.stdout  # the latency line counts the same calls
+    # The latency line counts the same calls: those timed and the threads' warm-up calls.
+    timed = re.search(
+        r"\((\d+) calls; each thread's first call, its warm-up \((\d+) calls", done.stdout
+    )
+    assert timed and int(timed.group(1)) + int(timed.group(2)) == 150, done.stdout
     assert "None" not in done.stdout  # the lost answers are named, not shown as None
     # The emulator loses 2 answers after recording; the summary says what they are.
     assert "no answer x2 (recorded, then the connection closed: a lost answer)" in done.stdout
+
+
+def test_the_use_sections_printed_result_is_the_one_it_prints(cms_emulator: Emulator) -> None:
+    (code,) = blocks(section("Use"), "python")
+    (shown,) = blocks(section("Use"), "text")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env_for(cms_emulator),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    event_id = re.compile(r"evt_[0-9a-f]{12}_\d+")
+    printed = done.stdout.splitlines()[0]
+    assert event_id.search(printed) and event_id.search(shown), (printed, shown)
+    assert event_id.sub("evt_ID", printed) == event_id.sub("evt_ID", shown.strip())
+    # As the README says: queued, and the API later refused the placeholder token.
+    assert "'queued': True" in printed and "rejected (http_error, HTTP 401)" in done.stderr
 
 
 def anchors(text: str) -> set[str]:

@@ -59,7 +59,7 @@ def test_spool_status_on_a_non_spool_file_changes_nothing(tmp_path: Path) -> Non
     path.write_bytes(b"my notes, not a database\n" * 50)
     before = (path.read_bytes(), path.stat().st_mtime_ns)
     done = cli("spool", "status", "--path", str(path), host="http://127.0.0.1:9")
-    assert done.returncode == 1 and "not a spool" in done.stderr
+    assert done.returncode == 2 and "not a spool" in done.stderr
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 

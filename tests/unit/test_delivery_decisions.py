@@ -33,7 +33,7 @@ class ScriptedTransport:
     def __init__(self) -> None:
         self.reply = Reply(200)
 
-    def send(self, path: str, body: bytes) -> Reply:
+    def send(self, path: str, body: bytes, deadline: Optional[float] = None) -> Reply:
         return self.reply
 
 

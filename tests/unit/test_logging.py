@@ -136,7 +136,7 @@ def test_without_an_overflow_key_the_kind_logged_longest_ago_is_forgotten(
     ),
     max_keys=st.integers(1, 8),
 )
-def test_memory_stays_bounded_and_no_repeat_is_lost_while_kinds_fit(
+def test_memory_stays_bounded_and_after_a_flush_every_call_is_accounted_for(
     steps: list[tuple[int, float]], max_keys: int
 ) -> None:
     records: list[logging.LogRecord] = []
@@ -157,12 +157,44 @@ def test_memory_stays_bounded_and_no_repeat_is_lost_while_kinds_fit(
             clock.now += step
             log.log(logging.WARNING, key, "kind %d", key, overflow_key=-1)
             assert len(log._last) <= max_keys
+            assert len(log._held) <= max_keys
+        if len({key for key, _ in steps}) <= max_keys:  # never full: nothing evicted yet
+            said = sum(_accounted(r) for r in records)
+            pending = sum(suppressed for _, suppressed in log._last.values())
+            assert said + pending == len(steps)
+        log.flush()  # close() and the exit hook: every held-back count goes out
+        assert sum(_accounted(r) for r in records) == len(steps)  # evicted kinds included
+        assert not log._held and all(n == 0 for _, n in log._last.values())
     finally:
         logger.removeHandler(handler)
-    if len({key for key, _ in steps}) <= max_keys:  # never full: every call accounted for
-        reported = sum(int(r.args[1]) for r in records if isinstance(r.args, tuple) and r.args[1:])
-        pending = sum(suppressed for _, suppressed in log._last.values())
-        assert len(records) + reported + pending == len(steps)
+
+
+def _accounted(record: logging.LogRecord) -> int:
+    """How many ``log`` calls one line stands for: itself and the repeats it reports."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    if "the last of" in record.msg:  # a flushed count: the repeats, this one among them
+        return int(args[-3])
+    return 1 + (int(args[-3]) if len(args) > 1 else 0)
+
+
+def test_flush_reports_each_kind_held_back_with_its_last_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    log = _limited(clock)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    for i in range(3):
+        log.log(logging.WARNING, "a", "rejected %s", f"evt_{i}")
+    log.log(logging.WARNING, "b", "failed once")
+    clock.now = 7.0
+    assert log.flush() == 2
+    assert _lines(caplog) == [
+        "rejected evt_0",
+        "failed once",
+        "rejected evt_2 (the last of 2 similar messages suppressed in the last 7 s)",
+    ]
+    assert log.flush() == 0  # said once: nothing more to report
+    assert len(_lines(caplog)) == 3
 
 
 # --- Reporter ------------------------------------------------------------------------

@@ -116,3 +116,19 @@ def test_random_interleavings_keep_every_customers_order() -> None:
 
 def _head(sched: Scheduler[tuple[str, int]], customer: str) -> int:
     return next(step for c, step in sched.items() if c == customer)
+
+
+def test_drop_waiting_keeps_only_the_heads_in_flight() -> None:
+    sched: Scheduler[str] = Scheduler()
+    for item in ["a1", "a2", "b1", "b2", "c1", "d1"]:
+        sched.add(item[0], item)
+    assert sched.take() == ("a", "a1")
+    assert sched.take() == ("b", "b1")
+    sched.park("b", due=10.0)  # parked: not in flight
+    assert sched.take() == ("c", "c1")  # d1 stays ready, never taken
+    sched.drop_waiting()
+    assert len(sched) == 2 and sched.in_flight == 2 and not sched.has_ready()
+    assert sorted(sched.items()) == ["a1", "c1"] and sched.next_due() is None
+    sched.complete("a")  # the attempts still out end as usual, and nothing follows them
+    sched.complete("c")
+    assert len(sched) == 0 and sched.in_flight == 0 and sched.take() is None
