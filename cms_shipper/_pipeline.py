@@ -135,7 +135,18 @@ class Pipeline:
                 Reason.QUEUE_FULL,
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
             )
-            final = self._settler.finish(result, final, queued=False)  # spooled, with a spool
+            if self.durability.overflow(result, final, self._finish_kept):
+                # With a spool: its writer thread stores the event and settles it (spooled);
+                # this thread never waits for the file.
+                return TrackResult(
+                    result,
+                    self.ledger,
+                    success=True,
+                    message="queue full; being saved to the spool",
+                    event_id=event.event_id,
+                    event=event,
+                )
+            final = self._settler.finish(result, final, queued=False)
             return self._settler.answer(final)
         if self.closed:
             # close() ran meanwhile (in another thread, or a signal handler in this one) and
@@ -159,6 +170,10 @@ class Pipeline:
         """A bug of ours inside ``track_*``: logged, counted, answered; never raised."""
         logger.exception("internal error in track_*; event dropped and counted")
         return self._settler.internal_error(result)
+
+    def _finish_kept(self, result: Tracked, final: Result) -> None:
+        """Durability kept (or could not keep) a full queue's event: its outcome now."""
+        self._settler.finish(result, final, queued=False)
 
     def _submit_replayed(self, result: Tracked) -> None:
         """Feed an event kept by durability back into the pipeline (its replay thread)."""

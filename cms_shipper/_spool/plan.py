@@ -13,12 +13,22 @@ from typing import Optional
 from cms_shipper._spool.store import Added, JournalRecord
 from cms_shipper.results import Outcome, Reason, Result, Tracked
 
-__all__ = ["REPLAYED", "SPILLED", "Plan", "held_back", "outcomes", "spool_full", "spooled"]
+__all__ = [
+    "REFUSED",
+    "REPLAYED",
+    "SPILLED",
+    "Plan",
+    "held_back",
+    "outcomes",
+    "spool_full",
+    "spooled",
+]
 
 # Tracked._kept: which row, if any, the event has in the spool (truthy: it has one).
 # > 0: the handle of its journal record, written ahead by track_* (a live event of ours).
 REPLAYED = -1  # claimed from the spool by this process's replay (leased to us)
 SPILLED = -2  # saved unleased by this process (spilled, held back, or left at shutdown)
+REFUSED = -3  # the spill writer's backlog was full: no row, and none to make now
 
 # Outcomes that mean "not delivered, but nothing the server said makes it hopeless".
 SPILLABLE = {
@@ -87,8 +97,8 @@ class Plan:
         """Sort a batch: final answers remove rows, spillable outcomes keep them in line."""
         plan = cls()
         for i, (result, final) in enumerate(zip(results, finals)):
-            if final.outcome is Outcome.SPOOLED:  # held back: its row is already in place
-                continue
+            if final.outcome is Outcome.SPOOLED or result._kept == REFUSED:
+                continue  # held back: its row is in place; refused: the caller must not wait
             spill = (final.outcome, final.reason) in SPILLABLE
             handle, event = result._kept, result.event
             if handle > 0 and event is not None:
@@ -116,7 +126,7 @@ def outcomes(
     # A row of ours released or moved, now or later (it stays in the spool meanwhile), is
     # spooled; an event added is spooled unless refused (full) or failed on its own.
     for i, result in enumerate(results):
-        if out[i].outcome is Outcome.SPOOLED or not result._kept:
+        if out[i].outcome is Outcome.SPOOLED or result._kept in (0, REFUSED):
             continue
         if (out[i].outcome, out[i].reason) in SPILLABLE:
             out[i] = spooled(out[i])
