@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Callable, Optional, Union
 
 from cms_shipper._config import Settings
-from cms_shipper._durability import DurabilityStats
+from cms_shipper._durability import DurabilityStats, Host, Q
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._spool.plan import REFUSED, REPLAYED, SPILLED, Plan, held_back, outcomes
@@ -72,6 +72,7 @@ class SpoolKeeper:
         self._later = Plan()  # settled rows the spool was too busy to take
         self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
         self._replayer: Optional[Replayer] = None
+        self._host: Optional[Host] = None
         self._writer = self._new_writer()
         self._open()
 
@@ -87,18 +88,23 @@ class SpoolKeeper:
 
     # -- the durability port: replay ----------------------------------------------------
 
-    def attach(self, feed: Callable[[Tracked], None], room: Callable[[], int]) -> None:
-        """Replay into ``feed`` while ``room`` says the queue has space (not started yet)."""
+    def attach(self, host: Host) -> None:
+        """Replay into ``host.feed`` while ``host.room`` says there is space (not started yet)."""
         self._replayer = None
+        self._host = host  # its finish settles what the spill writer stored
         if not self.enabled:
             return
 
         def replayed(event: Event) -> None:
             item = Tracked(event)
             item._kept = REPLAYED  # claimed from the spool: never held back behind itself
-            feed(item)
+            host.feed(item)
 
-        self._replayer = Replayer(self, replayed, room, self._settings.spool_replay_interval_s)
+        self._replayer = Replayer(self, replayed, host.room, self._settings.spool_replay_interval_s)
+
+    def delivery_queue(self, intake: Q) -> Q:
+        """The senders take what ``track_*`` queued (replayed events are put there too)."""
+        return intake
 
     def start_replay(self) -> None:
         """Start the replay thread once; cheap to call on every event."""
@@ -118,6 +124,7 @@ class SpoolKeeper:
             spool_write_ahead_misses=self.write_ahead_misses,
             spool_errors=self.spool_errors,
             spool_settle_misses=self.settle_misses,
+            fleet=None,
         )
 
     def _open(self) -> None:
@@ -227,17 +234,16 @@ class SpoolKeeper:
                 result.event_id,
             )
 
-    def overflow(
-        self, result: Tracked, final: Result, finish: Callable[[Tracked, Result], object]
-    ) -> bool:
-        """A full queue's event: handed to the spill writer (True), settled later by ``finish``.
+    def overflow(self, result: Tracked, final: Result) -> bool:
+        """A full queue's event: handed to the spill writer (True), settled by ``host.finish``.
 
         False when there is no spool or the writer's backlog is full: the caller settles
         it as ``final`` (``queue_full``) without waiting for the file (``REFUSED``).
         """
-        if self._spool is None:
+        host = self._host
+        if self._spool is None or host is None:
             return False
-        if self._writer.put(result, final, finish):
+        if self._writer.put(result, final, host.finish):
             return True
         if result._kept > 0:  # written ahead: it is not coming back; the record is done
             self._spool.forget([JournalRecord(result._kept, event_of(result))])
