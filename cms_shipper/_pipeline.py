@@ -278,7 +278,9 @@ class Pipeline:
         result = self._counts_now()
         abandoned = self.ledger.outstanding()
         self._engine.stop(deadline, abandoned)
-        self._settler.abandon(abandoned, budget, in_flight)
+        refused = self._engine.gate.refusing_token()
+        reason = Reason.UNAUTHORIZED if refused else Reason.SHUTDOWN
+        self._settler.abandon(abandoned, budget, in_flight, reason)
         self._engine.close_connections()
         if self._engine.in_flight() == 0:
             # With requests still in flight the spool stays open, so a late answer can

@@ -35,6 +35,7 @@ SPILLABLE = {
     (Outcome.FAILED, Reason.RETRIES_EXHAUSTED),
     (Outcome.DROPPED, Reason.SHUTDOWN),
     (Outcome.DROPPED, Reason.QUEUE_FULL),
+    (Outcome.DROPPED, Reason.UNAUTHORIZED),  # for a process with a working token
 }
 
 
