@@ -237,6 +237,8 @@ class Pipeline:
     def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``CMSClient.flush``: wait for the events pending now, at most ``timeout_s``."""
         budget = wait_budget(timeout_s, self.settings.flush_timeout_s)
+        if self._engine.gate.refusing_token():
+            budget = 0.0  # nothing can be sent until the token is accepted: do not wait
         mark = self.ledger.mark()
         self._queue.wake()
         pending = self.ledger.wait_for(mark, time.monotonic() + budget)
@@ -273,7 +275,7 @@ class Pipeline:
     def _shut_down(self, budget: float, deadline: float) -> FlushResult:
         self.closed = True
         self.durability.halt()  # claim nothing more from the spool
-        self.flush(max(0.0, deadline - time.monotonic()))
+        self.flush(max(0.0, deadline - time.monotonic()))  # at once while the token is refused
         in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
         result = self._counts_now()
         abandoned = self.ledger.outstanding()
