@@ -82,6 +82,14 @@ class Durability(Protocol):
     def write_ahead(self, item: Tracked) -> None:
         """Keep a just-tracked event before ``track_*`` returns, if configured; never waits."""
 
+    def overflow(self, item: Tracked, final: Result) -> bool:
+        """Take a full queue's event to keep (``final`` is its outcome if not kept); never waits.
+
+        True: taken; the implementation calls ``host.finish(item, outcome)`` once it is kept
+        (or not), from a thread of its own. False: not taken; the caller settles it as
+        ``final`` and ``settle`` must not wait on its account either.
+        """
+
     def hold_back(self, item: Tracked) -> Union[Result, float, None]:
         """Whether a live event must wait behind its customer's kept ones.
 
@@ -129,6 +137,10 @@ class NoDurability:
 
     def write_ahead(self, item: Tracked) -> None:
         """Nothing is kept."""
+
+    def overflow(self, item: Tracked, final: Result) -> bool:
+        """Nowhere to keep it: the caller drops it."""
+        return False
 
     def hold_back(self, item: Tracked) -> Union[Result, float, None]:
         """Nothing older waits anywhere: send now."""

@@ -137,7 +137,18 @@ class Pipeline:
                 Reason.QUEUE_FULL,
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
             )
-            final = self._settler.finish(result, final, queued=False)  # spooled, with a spool
+            if self.durability.overflow(result, final):
+                # With a spool: its writer thread stores the event and settles it (spooled);
+                # this thread never waits for the file.
+                return TrackResult(
+                    result,
+                    self.ledger,
+                    success=True,
+                    message="queue full; being saved to the spool",
+                    event_id=event.event_id,
+                    event=event,
+                )
+            final = self._settler.finish(result, final, queued=False)
             return self._settler.answer(final)
         if self.closed:
             # close() ran meanwhile (in another thread, or a signal handler in this one) and
@@ -227,6 +238,8 @@ class Pipeline:
     def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``CMSClient.flush``: wait for the events pending now, at most ``timeout_s``."""
         budget = wait_budget(timeout_s, self.settings.flush_timeout_s)
+        if self._engine.gate.refusing_token():
+            budget = 0.0  # nothing can be sent until the token is accepted: do not wait
         mark = self.ledger.mark()
         self._queue.wake()
         pending = self.ledger.wait_for(mark, time.monotonic() + budget)
@@ -263,11 +276,13 @@ class Pipeline:
     def _shut_down(self, budget: float, deadline: float) -> FlushResult:
         self.closed = True
         self.durability.halt()  # claim nothing more from the spool
-        self.flush(max(0.0, deadline - time.monotonic()))
+        self.flush(max(0.0, deadline - time.monotonic()))  # at once while the token is refused
         in_flight = self._engine.transport.sent_in_flight()  # not those refused or connecting
         abandoned = self.ledger.outstanding()
         self._engine.stop(deadline, abandoned)
-        self._settler.abandon(abandoned, budget, in_flight)
+        refused = self._engine.gate.refusing_token()
+        reason = Reason.UNAUTHORIZED if refused else Reason.SHUTDOWN
+        self._settler.abandon(abandoned, budget, in_flight, reason)
         # The counts after close's own settling: what it dropped or spooled is in them, and
         # ``pending`` is what is really left (nothing, unless an event raced in).
         result = self._settler.flush_result(self.ledger.pending(), timed_out=bool(abandoned))

@@ -50,6 +50,7 @@ class Reason(str, enum.Enum):
     SHUTDOWN = "shutdown"
     DISABLED = "disabled"
     SPOOL_FULL = "spool_full"
+    UNAUTHORIZED = "unauthorized"  # the API refused the token (401); the event waited for it
     BEHIND_SPOOLED = "behind_spooled"  # saved behind its customer's older events in the spool
     IN_FLEET = "in_fleet"  # left in the fleet's Redis queue, for another member to deliver
     INTERNAL_ERROR = "internal_error"  # a bug of ours caught by track_*'s last-resort guard
@@ -400,7 +401,7 @@ class Stats(TypedDict):
     queue_depth: int  # events waiting in the queue
     scheduled: int  # events the senders hold: waiting their turn, parked, in flight
     in_flight: int  # requests being sent now
-    circuit: Literal["closed", "open", "probing"]
+    circuit: Literal["closed", "open", "probing", "unauthorized"]
     circuit_since: float  # time.time() of the last change of circuit state
     circuit_cause: Optional[str]  # why it opened (None while closed)
     rate_limited: bool  # a 429 paused sending

@@ -7,7 +7,14 @@ assembles ``stats()``. Imports only the shared core and ``_events``.
 """
 
 from cms_shipper._books.ledger import Ledger
-from cms_shipper._books.outcomes import Reporter, dropped, from_reply, invalid, unsendable
+from cms_shipper._books.outcomes import (
+    Reporter,
+    dropped,
+    from_reply,
+    invalid,
+    unauthorized,
+    unsendable,
+)
 from cms_shipper._books.settle import Settler
 from cms_shipper._books.stats import build_stats
 
@@ -19,5 +26,6 @@ __all__ = [
     "dropped",
     "from_reply",
     "invalid",
+    "unauthorized",
     "unsendable",
 ]

@@ -18,7 +18,7 @@ from cms_shipper._log import MAX_ERROR_TEXT, RateLimitedLog, one_line
 from cms_shipper.errors import ValidationError
 from cms_shipper.results import Outcome, Reason, Result
 
-__all__ = ["Reporter", "dropped", "from_reply", "invalid", "unsendable"]
+__all__ = ["Reporter", "dropped", "from_reply", "invalid", "unauthorized", "unsendable"]
 
 _SUCCESS = (Outcome.DELIVERED, Outcome.DUPLICATE)
 
@@ -123,6 +123,15 @@ def from_reply(
         outcome=outcome,
         reason=reason,
         event=event,
+    )
+
+
+def unauthorized(event: Event) -> Result:
+    """An event not sent because the API refuses the token (401): kept if it can be."""
+    return dropped(
+        event,
+        Reason.UNAUTHORIZED,
+        "the API refused the token (HTTP 401); not sent",
     )
 
 

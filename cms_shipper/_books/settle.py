@@ -77,7 +77,13 @@ class Settler:
             )
         return final
 
-    def abandon(self, abandoned: list[Tracked], budget_s: float, in_flight: int) -> None:
+    def abandon(
+        self,
+        abandoned: list[Tracked],
+        budget_s: float,
+        in_flight: int,
+        reason: Reason = Reason.SHUTDOWN,
+    ) -> None:
         """Settle the events ``close()`` gives up on (spooled or dropped), in one log line.
 
         The spool's part waits for a busy spool at most ``SETTLE_WAIT_S`` (0.25 s), even past
@@ -85,8 +91,11 @@ class Settler:
         """
         if not abandoned:
             return
+        # ``unauthorized``: the API refused the token, so nothing could be sent meanwhile.
         message = f"not delivered within {budget_s:g} s of close"
-        finals = [dropped(event_of(r), Reason.SHUTDOWN, message) for r in abandoned]
+        if reason is Reason.UNAUTHORIZED:
+            message = "the API refused the token (HTTP 401); not sent by close"
+        finals = [dropped(event_of(r), reason, message) for r in abandoned]
         finals = self._durability.settle(abandoned, finals)  # one transaction for all
         for result, final in zip(abandoned, finals):
             if self._ledger.resolve(result, final):

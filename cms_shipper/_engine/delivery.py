@@ -3,10 +3,12 @@
 ``Delivery.attempt`` is the dispatcher's ``attempt``; ``Delivery.send_now`` is the same
 decisions in a loop, for ``sync_mode`` in the caller's thread. Knows nothing of threads.
 
-Only an event's own failures are charged to its retry budget: a 429 costs nothing and
-the request goes back to the head of its customer's line; a server failure costs nothing
-when the gate says the API is away (circuit open, or failures across customers), and an
-event's elapsed budget does not run while the gate holds everybody back.
+Only an event's own failures are charged to its retry budget: a 429 or a 401 (the token
+refused; in ``sync_mode`` the caller gets it as its answer, ``rejected``) costs nothing
+and the request goes back to the head of its customer's line; a
+server failure costs nothing when the gate says the API is away (circuit open, or failures
+across customers), and an event's elapsed budget does not run while the gate holds
+everybody back.
 """
 
 from __future__ import annotations
@@ -58,9 +60,18 @@ class Delivery:
         return self._attempt(result, ticket)[0]
 
     def _attempt(
-        self, result: Tracked, ticket: Ticket, deadline: Optional[float] = None
+        self,
+        result: Tracked,
+        ticket: Ticket,
+        deadline: Optional[float] = None,
+        *,
+        sync: bool = False,
     ) -> tuple[Step, Optional[Reply]]:
-        """``attempt``, with the reply (None: nothing sent) and an optional cut-off time."""
+        """``attempt``, with the reply (None: nothing sent) and an optional cut-off time.
+
+        ``sync``: the caller waits for this answer (``sync_mode``), so a refused token is
+        its final answer rather than a pause.
+        """
         event = result.event
         if event is None:  # never queued without one; finish it rather than strand it
             self._gate.release(ticket)
@@ -75,12 +86,19 @@ class Delivery:
             return Step(Action.DONE, result=unsendable(event, exc)), None
         started = time.monotonic()
         reply = self._transport.send(event.path, body, deadline)
-        return self._judge(result._seq, event, reply, ticket, started), reply
+        return self._judge(result._seq, event, reply, ticket, started, sync), reply
 
-    def _judge(self, seq: int, event: Event, reply: Reply, ticket: Ticket, started: float) -> Step:
+    def _judge(
+        self, seq: int, event: Event, reply: Reply, ticket: Ticket, started: float, sync: bool
+    ) -> Step:
         kind = classify(reply)
+        if kind is Kind.UNAUTHORIZED and sync:  # sync_mode: the caller waits for its answer
+            kind = Kind.FINAL
         if kind is Kind.RATE_LIMITED:
             self._gate.on_rate_limited(ticket, reply.retry_after_s)
+            return Step(Action.REQUEUE)
+        if kind is Kind.UNAUTHORIZED:  # the client's trouble: the event waits, uncharged
+            self._gate.on_unauthorized(ticket)
             return Step(Action.REQUEUE)
         if kind is Kind.TROUBLE:
             verdict = self._gate.on_trouble(
@@ -164,7 +182,7 @@ class Delivery:
             if ticket is None:
                 step = Step(Action.PARK, delay_s=_SYNC_POLL_S if wait == float("inf") else wait)
             else:
-                step, reply = self._attempt(result, ticket, give_up_at)
+                step, reply = self._attempt(result, ticket, give_up_at, sync=True)
                 if reply is not None:
                     attempts, last = attempts + 1, reply
             if step.action is Action.DONE:

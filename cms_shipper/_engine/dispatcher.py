@@ -9,8 +9,10 @@ passes (one sender keeps that time for all), a parked retry is due, the gate reo
 
 ``attempt(item, ticket)`` is the client's: it sends, consults the gate and the retry
 policy, and returns a ``Step``: done (``finish(item, result)`` is then called outside the
-lock), park until a due time, or requeue at the head of its customer's line. It must not
-raise; a raise is logged and the item finished with ``None``.
+lock, and before the customer's next item may be taken: an outcome that puts the event
+in the spool is recorded before its follow-up can be sent), park until a due time, or
+requeue at the head of its customer's line. It must not raise; a raise is logged and the
+item finished with ``None``.
 """
 
 from __future__ import annotations
@@ -123,12 +125,14 @@ class Dispatcher(Generic[T]):
             except Exception:  # the host must never lose a sender to a bug of ours
                 logger.exception("unexpected error while delivering an event")
                 step = Step(Action.DONE)
-            self._apply(customer, step, ticket.probe)
             if step.action is Action.DONE:
+                # Settled before the customer's next item becomes ready (``_apply``): a spill
+                # is recorded, so the next item's hold-back sees it, whichever sender takes it.
                 try:
                     self._finish(item, step.result)
                 except Exception:
                     logger.exception("unexpected error while settling an event")
+            self._apply(customer, step, ticket.probe)
 
     def _apply(self, customer: Hashable, step: Step, probe: bool) -> None:
         with self._cv:

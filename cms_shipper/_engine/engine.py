@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Callable, Hashable, Optional
 
+from cms_shipper._books import unauthorized
 from cms_shipper._config import Settings
 from cms_shipper._durability import Durability
 from cms_shipper._engine.delivery import Delivery
@@ -19,7 +20,7 @@ from cms_shipper._engine.health import HealthGate, Ticket
 from cms_shipper._engine.queue import EventQueue
 from cms_shipper._engine.retry import RetryPolicy
 from cms_shipper._engine.transport import Transport
-from cms_shipper.results import Result, Tracked
+from cms_shipper.results import Outcome, Result, Tracked
 
 __all__ = ["Engine"]
 
@@ -75,11 +76,25 @@ class Engine:
         """An event whose customer has older events kept (spooled) is kept behind them."""
         held = None if self.stop_event.is_set() else self._durability.hold_back(result)
         if held is None:
-            return self.delivery.attempt(result, ticket)
+            step = self.delivery.attempt(result, ticket)
+            if step.action is Action.REQUEUE and self.gate.refusing_token():
+                return self._keep_unauthorized(result, step)
+            return step
         self.gate.release(ticket)
         if isinstance(held, float):  # the spool is busy: this customer waits a moment
             return Step(Action.PARK, delay_s=held)
         return Step(Action.DONE, result=held)
+
+    def _keep_unauthorized(self, result: Tracked, step: Step) -> Step:
+        """The token is refused: the event waits in durability (the spool) if it can keep
+        it, else in memory at the head of its customer's line."""
+        event = result.event
+        if event is None or self.stop_event.is_set():
+            return step
+        final = self._durability.settle_one(result, unauthorized(event))
+        if final.outcome is Outcome.SPOOLED:
+            return Step(Action.DONE, result=final)
+        return step
 
     def send_now(self, result: Tracked, budget_s: float) -> Result:
         """``sync_mode``: deliver one event in the caller's thread, retries included."""

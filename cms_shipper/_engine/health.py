@@ -1,6 +1,6 @@
 """The API-health gate: whether a request may go out now, shared by every sender.
 
-Trouble on the API's side is the client's, not the event's. Three things hold requests
+Trouble on the API's side is the client's, not the event's. Four things hold requests
 back for everybody at once:
 
 - **Rate limited** (429). With ``Retry-After`` (capped at ``max_retry_after_s``) sending
@@ -10,6 +10,9 @@ back for everybody at once:
   failure, connect timeout) or by ``OUTAGE_STREAK`` server failures (reset, read timeout,
   500/502/503/504) in a row across different customers. One probe at a time, with a
   jittered backoff capped at ``MAX_PROBE_WAIT_S``; the first answer closes it.
+- **Token refused** (401). The token is the client's trouble, not the event's: sending
+  pauses (one ERROR line) and a single probe goes out after ``UNAUTHORIZED_PROBE_S``,
+  doubling up to ``MAX_UNAUTHORIZED_PROBE_S``; the probe's first other answer resumes.
 - **Pacing**, with ``max_requests_per_minute`` set: requests spaced evenly.
 
 The gate also tells the engine which failures to *charge* to an event's retry budget:
@@ -44,6 +47,8 @@ __all__ = [
 
 OUTAGE_STREAK = 5  # server failures in a row, across customers, that open the circuit
 MAX_PROBE_WAIT_S = 30.0
+UNAUTHORIZED_PROBE_S = 30.0  # a refused token: the first probe after this, doubling...
+MAX_UNAUTHORIZED_PROBE_S = 300.0  # ...up to this (a token is fixed by a deploy, not a retry)
 MAX_RATE_LIMIT_WAIT_S = 60.0
 # Half fixed, half random: probes of a fleet spread out, yet never come back at once.
 _PROBE_WAIT: wait_base = wait_exponential(multiplier=0.25, max=MAX_PROBE_WAIT_S / 2) + (
@@ -123,7 +128,7 @@ class HealthGate:
         self._wall = wall_clock
         self._lock = threading.Lock()
         self._next_slot = 0.0
-        self._mode = "closed"  # closed | rate_limited | open
+        self._mode = "closed"  # closed | rate_limited | open | unauthorized
         self._resume_at = 0.0
         self._probe_only = False
         self._probe_out = False
@@ -198,7 +203,10 @@ class HealthGate:
                 self._probe_out = False
             # An outage ends with any answer; a rate limit only with the probe's, because
             # a request sent before the 429 proves nothing about the limit.
-            if self._mode == "open" or (self._mode == "rate_limited" and ticket.probe):
+            # A refused token likewise: only the probe's answer says it is accepted now.
+            if self._mode == "open" or (
+                self._mode in ("rate_limited", "unauthorized") and ticket.probe
+            ):
                 self._close(self._clock(), "API answered")
                 return True
             return False
@@ -230,6 +238,34 @@ class HealthGate:
                     how,
                     wait_s,
                 )
+
+    def on_unauthorized(self, ticket: Ticket) -> None:
+        """A 401: the token is refused, for every event. Pause everybody; probe slowly."""
+        with self._lock:
+            now = self._clock()
+            self.uncharged += 1
+            self._end_streak()
+            if ticket.probe:
+                self._probe_out = False
+                self._failed_probes += 1
+            elif self._mode == "unauthorized":
+                return  # one of the requests already on the wire when the pause began
+            wait_s = min(
+                UNAUTHORIZED_PROBE_S * 2 ** min(self._failed_probes, 8), MAX_UNAUTHORIZED_PROBE_S
+            )
+            entering = self._mode != "unauthorized"
+            self._pause(now, "unauthorized", wait_s, True, "HTTP 401")
+            if entering:
+                logger.error(
+                    "the API refused the token (HTTP 401): sending paused; events wait "
+                    "(in the spool, if there is one) and one request every %.0f s or more "
+                    "checks whether it is accepted",
+                    wait_s,
+                )
+
+    def refusing_token(self) -> bool:
+        """True while sending is paused because the API refused the token (401)."""
+        return self._mode == "unauthorized"
 
     def on_trouble(
         self,
@@ -321,7 +357,9 @@ class HealthGate:
         # At the pause's own level: a user who saw the pause must see it end.
         logger.warning(
             "%s after %.1f s (%s): sending resumed",
-            "circuit closed" if self._mode == "open" else "rate limit over",
+            {"open": "circuit closed", "unauthorized": "token accepted"}.get(
+                self._mode, "rate limit over"
+            ),
             paused,
             why,
         )
@@ -395,6 +433,8 @@ class HealthGate:
             remaining = max(0.0, self._resume_at - self._clock())
             if self._mode == "open":
                 circuit = "probing" if self._probe_out else "open"
+            elif self._mode == "unauthorized":
+                circuit = "unauthorized"
             else:
                 circuit = "closed"
             limited = self._mode == "rate_limited"

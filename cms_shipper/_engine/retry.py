@@ -32,6 +32,7 @@ class Kind(enum.Enum):
     RATE_LIMITED = "rate_limited"  # 429: pause everybody; the event is not charged
     TROUBLE = "trouble"  # unreachable, reset, timeout, 500/502/503/504: maybe an outage
     RETRY = "retry"  # 408: the event's own transient failure
+    UNAUTHORIZED = "unauthorized"  # 401: the token is refused: pause everybody, uncharged
 
 
 _TROUBLE_STATUS = frozenset({500, 502, 503, 504})
@@ -44,6 +45,8 @@ def classify(reply: Reply) -> Kind:
         return Kind.TROUBLE
     if status == 429:
         return Kind.RATE_LIMITED
+    if status == 401:
+        return Kind.UNAUTHORIZED
     if status == 408:
         return Kind.RETRY
     return Kind.FINAL

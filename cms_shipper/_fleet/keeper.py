@@ -60,6 +60,7 @@ _KEEP = {
     (Outcome.DROPPED, Reason.SHUTDOWN),
     (Outcome.DROPPED, Reason.CLOSED),
     (Outcome.DROPPED, Reason.QUEUE_FULL),
+    (Outcome.DROPPED, Reason.UNAUTHORIZED),  # a process whose token works delivers it
 }
 
 
@@ -162,6 +163,10 @@ class FleetKeeper:
     def write_ahead(self, item: Tracked) -> None:
         """On the host first (the local spool's write-ahead, if configured)."""
         self._local.write_ahead(item)
+
+    def overflow(self, item: Tracked, final: Result) -> bool:
+        """A full queue's event: kept by the local spool, if there is one (it never waits)."""
+        return self._local.overflow(item, final)
 
     def hold_back(self, item: Tracked) -> Union[Result, float, None]:
         """A claimed head goes now (its claim is the customer's turn); others ask the local part."""

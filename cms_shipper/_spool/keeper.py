@@ -26,8 +26,9 @@ from cms_shipper._config import Settings
 from cms_shipper._durability import DurabilityStats, Host, Q
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
-from cms_shipper._spool.plan import REPLAYED, SPILLED, Plan, held_back, outcomes
+from cms_shipper._spool.plan import REFUSED, REPLAYED, SPILLED, Plan, held_back, outcomes
 from cms_shipper._spool.replay import Replayer
+from cms_shipper._spool.spill import SpillWriter
 from cms_shipper._spool.store import (
     FAILED,
     FULL,
@@ -45,6 +46,9 @@ SETTLE_WAIT_S = 0.25  # settling (and the shutdown spill) waits at most this
 OPEN_WAIT_S = 1.0  # opening waits at most this for a busy file, then retries on heartbeat
 HOLD_WAIT_S = 0.05  # a sender saving an event behind its customer's waits at most this...
 HOLD_RETRY_S = 0.25  # ...then that customer's line waits this long before trying again
+COMING_RETRY_S = 0.05  # a customer whose older event is on its way into the file waits this
+SPILL_WAIT_S = 1.0  # the spill writer's wait for the file, per try (its own thread)
+SPILL_BACKLOG_MIN = 1000  # events the spill writer may be behind (or max_queue_size if more)
 
 
 class SpoolKeeper:
@@ -68,13 +72,26 @@ class SpoolKeeper:
         self._later = Plan()  # settled rows the spool was too busy to take
         self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
         self._replayer: Optional[Replayer] = None
+        self._host: Optional[Host] = None
+        self._writer = self._new_writer()
         self._open()
+
+    def _new_writer(self) -> SpillWriter:
+        def expect(customers: list[str], n: int) -> None:
+            spool = self._spool
+            if spool is not None:
+                spool.lines.expect(customers, n)
+
+        return SpillWriter(
+            self._spill, expect, max(SPILL_BACKLOG_MIN, self._settings.max_queue_size)
+        )
 
     # -- the durability port: replay ----------------------------------------------------
 
     def attach(self, host: Host) -> None:
         """Replay into ``host.feed`` while ``host.room`` says there is space (not started yet)."""
         self._replayer = None
+        self._host = host  # its finish settles what the spill writer stored
         if not self.enabled:
             return
 
@@ -134,7 +151,15 @@ class SpoolKeeper:
                 exc,
             )
         else:
-            self._refresh()
+            if self._spool.opened:
+                self._refresh()
+            else:  # the journal takes write-aheads; the heartbeat opens the file
+                self._log.log(
+                    logging.WARNING,
+                    "spool:busy-open",
+                    "the spool %s is busy; its journal is in use, opening it again later",
+                    self.path,
+                )
 
     def _refresh(self) -> None:
         # Before the first track_*: which customers' older events wait in the file (a
@@ -160,7 +185,7 @@ class SpoolKeeper:
 
     def _trouble(self, exc: SpoolError, doing: str) -> None:
         self._log.log(
-            logging.ERROR,
+            logging.WARNING if isinstance(exc, SpoolBusy) else logging.ERROR,  # busy: it passes
             f"spool:{doing}",
             "spool error while %s at %s: %s",
             doing,
@@ -209,6 +234,65 @@ class SpoolKeeper:
                 result.event_id,
             )
 
+    def overflow(self, result: Tracked, final: Result) -> bool:
+        """A full queue's event: handed to the spill writer (True), settled by ``host.finish``.
+
+        False when there is no spool or the writer's backlog is full: the caller settles
+        it as ``final`` (``queue_full``) without waiting for the file (``REFUSED``).
+        """
+        host = self._host
+        if self._spool is None or host is None:
+            return False
+        if self._writer.put(result, final, host.finish):
+            return True
+        if result._kept > 0:  # written ahead: it is not coming back; the record is done
+            self._spool.forget([JournalRecord(result._kept, event_of(result))])
+        result._kept = REFUSED
+        self._log.log(
+            logging.WARNING,
+            "spool:spill-backlog",
+            "the queue is full and the spool's writer is %d events behind; event %s dropped",
+            self._writer.backlog(),
+            result.event_id,
+        )
+        return False
+
+    def _spill(self, results: list[Tracked], finals: list[Result]) -> Optional[list[Result]]:
+        """The spill writer's transaction: outcomes once stored, or None while the file is busy."""
+        out = list(finals)
+        spool = self._spool
+        if spool is None:
+            return out  # closed meanwhile: they keep their outcomes
+        rows = Plan.of(results, finals)
+        try:
+            added = spool.apply(
+                release=rows.release,
+                move=rows.move,
+                add=[event_of(out[i]) for i in rows.add],
+                busy_s=SPILL_WAIT_S,
+            )
+        except SpoolBusy:
+            return None
+        except SpoolError as exc:
+            self._count("settle_misses")
+            self._defer(rows)
+            self._trouble(exc, "spilling a full queue's events")
+            outcomes(results, out, rows, None)
+            return out
+        self._row_errors(added)
+        outcomes(results, out, rows, added)
+        return out
+
+    def _defer(self, rows: Plan) -> None:
+        """Rows the file could not take now: retried on the next heartbeat. A move's
+        customer is held back meanwhile (its event is not in the file's line yet)."""
+        rows.forget = []
+        spool = self._spool
+        if spool is not None and rows.move:
+            spool.lines.expect([ahead.event.customer_key for ahead in rows.move], 1)
+        with self._count_lock:
+            self._later.extend(rows)
+
     def settle(
         self,
         results: Sequence[Tracked],
@@ -242,9 +326,7 @@ class SpoolKeeper:
             )
         except SpoolError as exc:
             self._count("settle_misses")
-            rows.forget = []
-            with self._count_lock:  # rows left behind: retried on the next heartbeat
-                self._later.extend(rows)
+            self._defer(rows)  # rows left behind: retried on the next heartbeat
             self._trouble(exc, "settling outcomes")
             outcomes(results, out, rows, None)
             return out
@@ -274,6 +356,13 @@ class SpoolKeeper:
             return None
         if not spool.lines.holds_back(event.customer_key):
             return None
+        if spool.lines.coming(event.customer_key):
+            return COMING_RETRY_S  # its older event is not in the file's line yet
+        return self._save_behind(spool, result, event)
+
+    def _save_behind(
+        self, spool: Spool, result: Tracked, event: Event
+    ) -> Union[Result, float, None]:
         try:
             if result._kept > 0:  # its journal record goes into line, in tracking order
                 ahead = JournalRecord(result._kept, event)
@@ -310,6 +399,9 @@ class SpoolKeeper:
             rows, self._later = self._later, Plan()
         try:
             spool.apply(remove=rows.remove, release=rows.release, move=rows.move)
+            if rows.move:  # in the file's line now (counted waiting by the commit)
+                spool.lines.expect([ahead.event.customer_key for ahead in rows.move], -1)
+            rows = Plan()
             spool.renew()
             spool.refresh()  # what other processes spilled, and dead processes' rows
         except SpoolError as exc:
@@ -333,6 +425,7 @@ class SpoolKeeper:
         # A fresh lock: a parent thread may have held this one at the fork, for ever here.
         self._count_lock = threading.Lock()
         self._later = Plan()  # the parent's rows, not ours
+        self._writer = self._new_writer()  # the parent's backlog is the parent's
         if self._spool is not None:
             try:
                 self._spool.reopen()
@@ -345,6 +438,7 @@ class SpoolKeeper:
 
     def close(self) -> None:
         """Close the connection and the journal; idempotent."""
+        self._writer.stop()  # close() has settled its backlog (the pending events)
         spool, self._spool = self._spool, None
         self._waiting = False
         if spool is not None:

@@ -13,18 +13,29 @@ from typing import Optional
 from cms_shipper._spool.store import Added, JournalRecord
 from cms_shipper.results import Outcome, Reason, Result, Tracked
 
-__all__ = ["REPLAYED", "SPILLED", "Plan", "held_back", "outcomes", "spool_full", "spooled"]
+__all__ = [
+    "REFUSED",
+    "REPLAYED",
+    "SPILLED",
+    "Plan",
+    "held_back",
+    "outcomes",
+    "spool_full",
+    "spooled",
+]
 
 # Tracked._kept: which row, if any, the event has in the spool (truthy: it has one).
 # > 0: the handle of its journal record, written ahead by track_* (a live event of ours).
 REPLAYED = -1  # claimed from the spool by this process's replay (leased to us)
 SPILLED = -2  # saved unleased by this process (spilled, held back, or left at shutdown)
+REFUSED = -3  # the spill writer's backlog was full: no row, and none to make now
 
 # Outcomes that mean "not delivered, but nothing the server said makes it hopeless".
 SPILLABLE = {
     (Outcome.FAILED, Reason.RETRIES_EXHAUSTED),
     (Outcome.DROPPED, Reason.SHUTDOWN),
     (Outcome.DROPPED, Reason.QUEUE_FULL),
+    (Outcome.DROPPED, Reason.UNAUTHORIZED),  # for a process with a working token
 }
 
 
@@ -87,6 +98,8 @@ class Plan:
         """Sort a batch: final answers remove rows, spillable outcomes keep them in line."""
         plan = cls()
         for i, (result, final) in enumerate(zip(results, finals)):
+            if result._kept == REFUSED:
+                continue  # the spill writer refused it: the caller must not wait for a row
             if final.outcome is Outcome.SPOOLED and final.reason is not Reason.IN_FLEET:
                 continue  # held back: its row is already in place
             # (In fleet mode, an event that reached the fleet's queue lets go of its row.)
@@ -117,7 +130,7 @@ def outcomes(
     # A row of ours released or moved, now or later (it stays in the spool meanwhile), is
     # spooled; an event added is spooled unless refused (full) or failed on its own.
     for i, result in enumerate(results):
-        if out[i].outcome is Outcome.SPOOLED or not result._kept:
+        if out[i].outcome is Outcome.SPOOLED or result._kept in (0, REFUSED):
             continue
         if (out[i].outcome, out[i].reason) in SPILLABLE:
             out[i] = spooled(out[i])

@@ -49,6 +49,7 @@ from cms_shipper._spool.status import (
     SpoolBusy,
     SpoolError,
     SpoolStatus,
+    Unreadable,
     is_busy,
     open_spool,
     query_status,
@@ -108,8 +109,17 @@ class Spool:
         # journal may take records at once. Without locks (no fcntl, a network disk) only
         # our heartbeat row shows that, so the journal waits for it (``renew``).
         self.journal.registered = self._owners.hold(self.owner)
+        self._closed = False
         try:
             self._db = open_spool(self.path, self._busy_s, self._owners)
+        except SpoolBusy:
+            # Busy longer than busy_s (another process creating the file, converting it or
+            # recovering its WAL). The journal needs only our owner lock: it takes records
+            # now, and the first statement (the heartbeat's) opens the file.
+            if not self.journal.registered:
+                self._owners.release()
+                raise
+            return
         except BaseException:
             self._owners.release()
             raise
@@ -117,6 +127,11 @@ class Spool:
         # on a busy file for it: the replay heartbeat writes it soon anyway.
         with contextlib.suppress(SpoolError):
             self.renew(busy_s=min(self._busy_s, 0.05))
+
+    @property
+    def opened(self) -> bool:
+        """False while the file was too busy to open (the journal works meanwhile)."""
+        return self._db is not None
 
     def reopen(self) -> None:
         """After ``os.fork()``: new connections and a new owner (never share either)."""
@@ -152,9 +167,11 @@ class Spool:
             raise SpoolBusy(f"spool {self.path}: in use by another thread of this process")
         try:
             try:
-                db = self._db
-                if db is None:
+                if self._closed:
                     raise SpoolError("the spool is closed")
+                db = self._db
+                if db is None:  # busy at open: open it now
+                    db = self._db = self._open_late(wait)
                 db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -176,6 +193,12 @@ class Spool:
                 raise kind(f"spool {self.path}: {exc}") from exc
         finally:
             self._lock.release()
+
+    def _open_late(self, wait: float) -> sqlite3.Connection:
+        try:
+            return open_spool(self.path, wait, self._owners)
+        except Unreadable as exc:
+            raise SpoolError(f"spool {self.path}: {exc}") from exc
 
     def write_ahead(self, event: Event) -> int:
         """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
@@ -331,8 +354,12 @@ class Spool:
             self.journal.close()  # kept on disk while it holds live records
         got = self._lock.acquire(timeout=wait_s)
         db, self._db = self._db, None
+        was_closed, self._closed = self._closed, True
         if got:
             self._lock.release()
+        if db is None and not was_closed and got and self._pid == os.getpid():
+            self._owners.release(keep_file=live)  # never opened (busy): the journal's lock
+            return
         if db is None or self._pid != os.getpid() or not got:
             return  # another thread is still in a statement: exit closes the rest
         held: object = True

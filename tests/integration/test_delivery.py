@@ -54,17 +54,20 @@ def test_seed_code_runs_as_written(cms_emulator: Emulator, make_client: ClientFa
     assert cms_emulator.events[0].payload["clickId"] == "5e6e1650-5641-4a2b-bec6-218288a86dbf"
 
 
-def test_wrong_token_is_rejected_once_not_retried(
+def test_wrong_token_is_sent_once_and_the_event_waits(
     cms_emulator: Emulator, make_client: ClientFactory
 ) -> None:
-    errors: list[Result] = []
-    client = make_client(token="wrong-token", on_error=errors.append)
-    final = client.track_lead("signup", "u1", click_id="c1").wait(10.0)
-    assert (final.success, final.status_code, final.outcome) == (False, 401, Outcome.REJECTED)
-    assert final.reason is Reason.HTTP_ERROR and final.error
+    # A refused token is the client's trouble (issue 16): the event is not rejected for it.
+    drops: list[Result] = []
+    client = make_client(token="wrong-token", on_drop=drops.append)
+    receipt = client.track_lead("signup", "u1", click_id="c1")
+    assert wait_until(lambda: client.stats()["circuit"] == "unauthorized")
+    assert not receipt.done() and len(cms_emulator.requests) == 1
+    client.close(0.2)
+    final = receipt.wait(1.0)
+    assert (final.success, final.outcome, final.reason) == (False, Outcome.DROPPED, "unauthorized")
+    assert wait_until(lambda: len(drops) == 1)
     assert len(cms_emulator.requests) == 1
-    assert wait_until(lambda: len(errors) == 1)
-    assert client.stats()["status_codes"] == {"401": 1}
 
 
 def test_server_validation_is_rejected_with_details(

@@ -63,7 +63,7 @@ def spool_the_setup(client: CMSClient, emulator: Emulator, how: str) -> None:
             client.track_lead(f"fill-{i}", f"f{i}", click_id="k") for i in range(2)
         ]  # max_queue_size
         setup = client.track_lead("signup", "alice", click_id=CLICK, mode="deferred")
-        final = setup
+        final = setup.wait(10.0)  # stored by the spool writer thread
         assert all(f.wait(20.0).outcome is Outcome.DELIVERED for f in fillers)
         emulator.configure(latency_s=0.0)
     assert final.outcome is Outcome.SPOOLED, final
@@ -192,3 +192,55 @@ def test_a_restarted_process_replays_the_set_up_before_its_first_follow_up(
     assert all(status < 300 for _, status in alice_on_the_wire(cms_emulator))
     assert spool_rows(path) == 0
     assert time.monotonic() - started < 15.0
+
+
+def overtaken(emulator: Emulator) -> list[str]:
+    """Customers whose follow-up reached the server before their set-up was accepted."""
+    accepted: set[str] = set()
+    out = []
+    for r in emulator.requests:
+        if not isinstance(r.payload, dict):
+            continue
+        customer = r.payload.get("customerExternalId")
+        if r.payload.get("eventName") == "signup" and r.status is not None and r.status < 300:
+            accepted.add(customer)
+        elif r.payload.get("eventName") == "verified" and customer not in accepted:
+            out.append(customer)
+    return out
+
+
+def answered_follow_ups(emulator: Emulator) -> int:
+    return sum(
+        1
+        for r in emulator.requests
+        if isinstance(r.payload, dict) and r.payload.get("eventName") == "verified" and r.status
+    )
+
+
+def test_no_follow_up_overtakes_its_set_up_spilled_after_one_attempt(
+    tmp_path: Path, cms_emulator: Emulator
+) -> None:
+    # The issue's race: each set-up's first request gets a 408 and, with one attempt, is
+    # spilled by its sender; the customer's follow-up, next in the customer's line, must
+    # not go out (to the other senders) before the spill is recorded for the hold-back.
+    customers = [f"c{i}" for i in range(400)]
+    for customer in customers:
+        cms_emulator.fail_customer(customer, status=408, count=1)
+    client = CMSClient(
+        token=TOKEN, host=cms_emulator.url, spool_path=str(tmp_path / "spool.db"),
+        **{**FAST, "retry_max_attempts": 1}, max_concurrent_requests=8,
+        spool_replay_interval_s=0.2,
+    )  # fmt: skip
+    try:
+        for customer in customers:
+            client.track_lead("signup", customer, click_id=f"clk-{customer}", mode="deferred")
+            client.track_lead("verified", customer)
+        done = wait_until(lambda: answered_follow_ups(cms_emulator) >= len(customers), 60.0)
+        assert overtaken(cms_emulator) == []
+        assert done, answered_follow_ups(cms_emulator)
+        assert wait_until(lambda: len(cms_emulator.events) == 2 * len(customers), 10.0)
+        assert all(r.status in (200, 408) for r in cms_emulator.requests)
+        assert wait_until(lambda: client.stats()["pending"] == 0, 10.0)
+        assert adds_up(client.stats())
+    finally:
+        client.close(5.0)

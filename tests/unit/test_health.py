@@ -184,3 +184,30 @@ def test_pacing_spaces_requests_evenly() -> None:
         assert ticket is None and wait == pytest.approx(0.5)
         clock.now += wait
         admitted(g)
+
+
+def test_a_refused_token_pauses_everybody_and_probes_slowly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cms_shipper._engine.health import UNAUTHORIZED_PROBE_S
+
+    clock = Clock()
+    g = gate(clock)
+    first, second = admitted(g), admitted(g)
+    with caplog.at_level(logging.ERROR, logger="cms_shipper"):
+        g.on_unauthorized(first)
+        g.on_unauthorized(second)  # already on the wire: no second line, no longer pause
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert g.refusing_token() and g.state()["circuit"] == "unauthorized"
+    ticket, wait = g.admit()
+    assert ticket is None and wait == pytest.approx(UNAUTHORIZED_PROBE_S)
+    clock.now += wait
+    probe = admitted(g)
+    assert probe.probe and g.admit()[0] is None  # one probe at a time
+    g.on_unauthorized(probe)  # still refused: the next probe waits twice as long
+    ticket, wait = g.admit()
+    assert ticket is None and wait == pytest.approx(2 * UNAUTHORIZED_PROBE_S)
+    clock.now += wait
+    g.on_answer(admitted(g))  # the probe got another answer: the token is accepted
+    assert not g.refusing_token() and g.state()["circuit"] == "closed"
+    assert not admitted(g).probe

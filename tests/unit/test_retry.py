@@ -24,6 +24,11 @@ def test_429_is_a_rate_limit_and_408_an_own_retry() -> None:
     assert classify(Reply(408)) is Kind.RETRY
 
 
+def test_401_is_the_clients_refused_token_not_the_events_answer() -> None:
+    assert classify(Reply(401)) is Kind.UNAUTHORIZED
+    assert final_outcome(401) == (Outcome.REJECTED, Reason.HTTP_ERROR)  # sync_mode's answer
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
@@ -31,7 +36,7 @@ def test_429_is_a_rate_limit_and_408_an_own_retry() -> None:
         (201, (Outcome.DELIVERED, Reason.ACCEPTED)),
         (409, (Outcome.DUPLICATE, Reason.ALREADY_RECORDED)),
         (400, (Outcome.REJECTED, Reason.HTTP_ERROR)),
-        (401, (Outcome.REJECTED, Reason.HTTP_ERROR)),
+        (403, (Outcome.REJECTED, Reason.HTTP_ERROR)),
         (422, (Outcome.REJECTED, Reason.HTTP_ERROR)),
         (301, (Outcome.FAILED, Reason.UNEXPECTED_STATUS)),
         (501, (Outcome.FAILED, Reason.UNEXPECTED_STATUS)),

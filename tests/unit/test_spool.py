@@ -244,12 +244,20 @@ def test_a_new_file_busy_at_creation_is_reported_busy_and_not_moved(tmp_path: Pa
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # a rollback-journal database, locked while creating it
     try:
+        # Opened late: the journal works at once (the owner lock is enough), statements
+        # report busy until the file can be opened; it is never taken for corrupt.
+        store = Spool(path, owner="a", busy_s=0.05)
+        assert not store.opened
+        assert store.write_ahead(lead(0, "x")) > 0
         with pytest.raises(SpoolBusy):
-            Spool(path, owner="a", busy_s=0.05)
+            store.add([lead(1, "y")])
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert [p.name for p in tmp_path.iterdir() if ".corrupt" in p.name] == []
+    assert store.add([lead(1, "y")]).refused == [] and store.opened
+    assert store.status().total == 2
+    store.close()
 
 
 def test_one_bad_event_never_costs_the_others(tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""A refused token (401) is the client's trouble, not the event's (issue 16).
+
+Before: every event was ``rejected`` (401) and gone, one request per event. Now sending
+pauses with one ERROR line and a slow probe; the events wait, in the spool if there is
+one (reason ``unauthorized``, for a process with a working token), else in memory, and
+what is left at close is counted ``dropped: unauthorized``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from cms_shipper import CMSClient, Outcome
+from cms_shipper._engine import health
+from cms_shipper.emulator import Emulator
+
+from .conftest import FAST, TOKEN, adds_up, wait_until
+
+
+def refused(client: CMSClient) -> bool:
+    return client.stats()["circuit"] == "unauthorized"
+
+
+def test_without_a_spool_events_wait_and_are_dropped_unauthorized_at_close(
+    cms_emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = CMSClient(token="a-rotated-token", host=cms_emulator.url, **FAST,
+                       max_concurrent_requests=2)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="cms_shipper"):
+        results = [client.track_lead(f"lead-{i}", f"c{i}", click_id="k") for i in range(20)]
+        assert wait_until(lambda: refused(client), 10.0)
+        assert not any(r.done() for r in results)  # none rejected: they wait
+        client.close(0.5)
+    finals = [r.wait(1.0) for r in results]
+    assert {(f.outcome, f.reason) for f in finals} == {(Outcome.DROPPED, "unauthorized")}
+    stats = client.stats()
+    assert stats["reasons"]["dropped"]["unauthorized"] == 20 and adds_up(stats)
+    assert len(cms_emulator.requests) <= 2  # the senders' first requests, not one per event
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "the API refused the token" in errors[0].getMessage()
+    assert "a-rotated-token" not in caplog.text
+
+
+def test_with_a_spool_events_wait_there_for_a_process_with_a_working_token(
+    tmp_path: Path, cms_emulator: Emulator
+) -> None:
+    path = str(tmp_path / "spool.db")
+    client = CMSClient(token="a-rotated-token", host=cms_emulator.url, spool_path=path, **FAST)
+    results = [client.track_lead(f"lead-{i}", f"c{i}", click_id="k") for i in range(20)]
+    assert wait_until(lambda: refused(client), 10.0)
+    client.close(0.5)
+    finals = [r.wait(1.0) for r in results]
+    assert {(f.outcome, f.reason) for f in finals} == {(Outcome.SPOOLED, "unauthorized")}
+    fixed = CMSClient(token=TOKEN, host=cms_emulator.url, spool_path=path, **FAST,
+                      spool_replay_interval_s=0.05)  # fmt: skip
+    try:
+        assert cms_emulator.wait_for_events(20, timeout_s=20.0)
+    finally:
+        fixed.close(5.0)
+    assert sorted(e.payload["eventName"] for e in cms_emulator.events) == sorted(
+        f"lead-{i}" for i in range(20)
+    )
+
+
+def test_sending_resumes_when_the_probe_finds_the_token_accepted(
+    cms_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "UNAUTHORIZED_PROBE_S", 0.2)  # the probe's wait, not 30 s
+    cms_emulator.configure(token="the-new-token")  # the API has the token rotated first
+    client = CMSClient(token="the-new-token-x", host=cms_emulator.url, **FAST)
+    try:
+        results = [client.track_lead(f"lead-{i}", f"c{i}", click_id="k") for i in range(10)]
+        assert wait_until(lambda: refused(client), 10.0)
+        cms_emulator.configure(token="the-new-token-x")  # the API accepts it again
+        finals = [r.wait(20.0) for r in results]
+        assert [f.outcome for f in finals] == [Outcome.DELIVERED] * 10
+        assert client.stats()["circuit"] == "closed"
+    finally:
+        client.close(5.0)
+
+
+def test_a_403_stays_the_events_own_answer(cms_emulator: Emulator) -> None:
+    cms_emulator.fail_customer("mallory", status=403)
+    client = CMSClient(token=TOKEN, host=cms_emulator.url, **FAST)
+    try:
+        denied = client.track_lead("x", "mallory", click_id="k").wait(10.0)
+        fine = client.track_lead("y", "bob", click_id="k").wait(10.0)
+    finally:
+        client.close(5.0)
+    assert denied.outcome is Outcome.REJECTED and denied.status_code == 403
+    assert fine.outcome is Outcome.DELIVERED
