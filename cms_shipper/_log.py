@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Any, Callable, Optional
 
@@ -23,6 +23,7 @@ def one_line(text: str, limit: int = MAX_ERROR_TEXT) -> str:
 logger = logging.getLogger("cms_shipper")
 
 MAX_KINDS = 256  # kinds remembered at once; a stream of distinct keys must not grow memory
+_FOLD_AT = 256  # suppressed repeats held before they are counted into the table
 
 
 class RateLimitedLog:
@@ -34,6 +35,11 @@ class RateLimitedLog:
     logged anyway are forgotten first, then the new kind is counted under its
     ``overflow_key`` if it has one, and failing that the kind logged longest ago is
     forgotten (with its count of suppressed repeats).
+
+    A repeat that is suppressed takes no lock: its key goes into ``_repeats`` (one atomic
+    ``deque.append``), counted into the table under the lock before the next line goes
+    out. A full queue makes every ``track_*`` call log a repeat from the caller's thread,
+    and a lock there turned GIL switches into convoys of the calling threads.
     """
 
     def __init__(
@@ -51,6 +57,11 @@ class RateLimitedLog:
         # key -> (when last logged, repeats suppressed since); oldest line first, because
         # a logged key moves to the end and the clock is monotonic.
         self._last: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        self._repeats: deque[Hashable] = deque()  # suppressed, not yet counted in _last
+
+    def enabled(self, level: int) -> bool:
+        """Whether a line at ``level`` could go out (build costly arguments only then)."""
+        return self._log.isEnabledFor(level)
 
     def log(
         self,
@@ -65,7 +76,17 @@ class RateLimitedLog:
         if not self._log.isEnabledFor(level):
             return
         now = self._clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self._interval_s:
+            self._repeats.append(key)  # lock-free; counted under the lock later
+            if len(self._repeats) >= _FOLD_AT and self._lock.acquire(blocking=False):
+                try:
+                    self._fold()
+                finally:
+                    self._lock.release()
+            return
         with self._lock:
+            self._fold()
             key = self._slot(key, overflow_key, now)
             last, suppressed = self._last.get(key, (None, 0))
             if last is not None and now - last < self._interval_s:
@@ -77,6 +98,15 @@ class RateLimitedLog:
             msg += " (%d similar message%s suppressed in the last %.0f s)"
             args = (*args, suppressed, "" if suppressed == 1 else "s", now - last)
         self._log.log(level, msg, *args, exc_info=exc_info)
+
+    def _fold(self) -> None:
+        """Count the suppressed repeats into the table; called with the lock held."""
+        table, repeats = self._last, self._repeats
+        while repeats:
+            key = repeats.popleft()
+            seen = table.get(key)
+            if seen is not None:  # a kind forgotten meanwhile is forgotten with its count
+                table[key] = (seen[0], seen[1] + 1)
 
     def _slot(self, key: Hashable, overflow_key: Optional[Hashable], now: float) -> Hashable:
         """The key to count under, making room for it; called with the lock held."""

@@ -161,6 +161,7 @@ def test_memory_stays_bounded_and_no_repeat_is_lost_while_kinds_fit(
         logger.removeHandler(handler)
     if len({key for key, _ in steps}) <= max_keys:  # never full: every call accounted for
         reported = sum(int(r.args[1]) for r in records if isinstance(r.args, tuple) and r.args[1:])
+        log._fold()  # repeats are counted into the table lazily
         pending = sum(suppressed for _, suppressed in log._last.values())
         assert len(records) + reported + pending == len(steps)
 
