@@ -163,7 +163,7 @@ class Ledger:
         if outcome is None:  # refused by record/resolve already
             return
         self._outcomes[outcome] += 1
-        self._reasons[final.outcome, str(final.reason)] += 1
+        self._reasons[outcome, str(final.reason)] += 1
         if final.status_code is not None:
             self._statuses[final.status_code] += 1
 
