@@ -23,6 +23,7 @@ __all__ = [
     "CMS_HANDLE_SIGTERM",
     "CMS_HOST",
     "CMS_MAX_REQUESTS_PER_MINUTE",
+    "CMS_REDIS_URL",
     "CMS_SHUTDOWN_TIMEOUT_S",
     "CMS_SPOOL_PATH",
     "CMS_SYNC_MODE",
@@ -46,6 +47,8 @@ CMS_MAX_REQUESTS_PER_MINUTE = "CMS_MAX_REQUESTS_PER_MINUTE"
 CMS_SPOOL_PATH = "CMS_SPOOL_PATH"
 CMS_WRITE_AHEAD = "CMS_WRITE_AHEAD"
 CMS_HANDLE_SIGTERM = "CMS_HANDLE_SIGTERM"
+CMS_REDIS_URL = "CMS_REDIS_URL"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 DEFAULT_HOST = "https://api.cme.sh"
 
@@ -101,6 +104,8 @@ class Settings:
     handle_sigterm: bool = False
     spool_replay_interval_s: float = 5.0
     spool_lease_s: float = 60.0
+    # Fleet mode: a Secret, since the URL may carry a password (never shown, never logged).
+    redis_url: Optional[Secret] = field(default=None, repr=False)
 
 
 _INTS = {  # name -> smallest allowed value
@@ -287,6 +292,23 @@ def _spool_path(value: Any, write_ahead: bool) -> Optional[str]:
     return path
 
 
+def _redis_url(value: Any) -> Optional[Secret]:
+    source = "redis_url"
+    if value is None:
+        value, source = _env(CMS_REDIS_URL), CMS_REDIS_URL
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(source, f"must be a URL string, got {type(value).__name__}")
+    scheme = urlsplit(value).scheme
+    if scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError(
+            source,
+            f"must start with redis://, rediss:// or unix:// (got scheme {scheme or 'none'!r})",
+        )
+    return Secret(value)
+
+
 def _env_number(name: str, env_name: str, options: dict[str, Any]) -> None:
     """Fill ``options[name]`` from ``env_name`` when the argument was not given."""
     if name in options:
@@ -324,6 +346,7 @@ def resolve_settings(
             "max_requests_per_minute", options["max_requests_per_minute"], 1
         )
     options["spool_path"] = _spool_path(options.get("spool_path"), options["write_ahead"])
+    options["redis_url"] = _redis_url(options.get("redis_url"))
     for name in _CALLBACKS:
         if options.get(name) is not None and not callable(options[name]):
             raise ConfigurationError(name, f"must be callable or None, got {options[name]!r}")

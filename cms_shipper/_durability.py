@@ -2,7 +2,8 @@
 
 The pipeline and the engine talk to durability through this one interface and never know
 which implementation is behind it: ``NoDurability`` (memory only, a client without a
-spool), the local spool (``cms_shipper._spool``), or fleet mode. The client picks one at
+spool), the local spool (``cms_shipper._spool``), or fleet mode (``cms_shipper._fleet``,
+which keeps a local one inside for what cannot reach Redis). The client picks one at
 construction and imports an implementation only when it is configured.
 
 Every method is called on the background path or in ``track_*`` and must never raise into
@@ -13,11 +14,16 @@ the host: trouble is logged and counted by the implementation, which then behave
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable, Optional, Protocol, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Optional, Protocol, TypedDict, TypeVar, Union
 
 from cms_shipper.results import Result, Tracked
 
-__all__ = ["Durability", "DurabilityStats", "NoDurability"]
+if TYPE_CHECKING:
+    from cms_shipper._engine import HealthGate
+
+__all__ = ["Durability", "DurabilityStats", "Host", "NoDurability"]
+
+Q = TypeVar("Q")
 
 
 class DurabilityStats(TypedDict):
@@ -27,17 +33,45 @@ class DurabilityStats(TypedDict):
     spool_write_ahead_misses: int
     spool_errors: int
     spool_settle_misses: int
+    fleet: Optional[dict[str, Any]]  # fleet mode's view of the fleet, else None
+
+
+class Host(Protocol):
+    """The pipeline, as durability sees it: where kept events go back in."""
+
+    @property
+    def gate(self) -> HealthGate:
+        """The engine's health gate (fleet mode keeps it in step with the fleet's)."""
+
+    def feed(self, item: Tracked) -> None:
+        """Count a kept event as replayed and queue it for delivery."""
+
+    def room(self) -> int:
+        """How many more events the queue takes now."""
+
+    def admit(self, item: Tracked) -> None:
+        """Count a kept event as replayed, without queueing it (durability queues it)."""
+
+    def finish(self, item: Tracked, final: Result) -> None:
+        """Give an admitted event its outcome (books, callbacks)."""
+
+    def start_senders(self) -> None:
+        """Start the sender threads, once."""
 
 
 class Durability(Protocol):
     """What the pipeline and the engine may ask of a durability implementation."""
 
-    def attach(self, feed: Callable[[Tracked], None], room: Callable[[], int]) -> None:
-        """Where kept events go back into the pipeline: ``feed`` one, ``room`` how many fit.
+    def attach(self, host: Host) -> None:
+        """Where kept events go back into the pipeline.
 
         Called at construction and again in a forked child (a new queue). Must not start
         anything: ``start_replay`` does.
         """
+
+    def delivery_queue(self, intake: Q) -> Q:
+        """The queue the senders take from: ``intake`` (where ``track_*`` puts), or the
+        implementation's own (fleet mode: what this member claimed from the fleet)."""
 
     def start_replay(self) -> None:
         """Begin feeding kept events back (once; cheap to call on every event)."""
@@ -80,8 +114,12 @@ class Durability(Protocol):
 class NoDurability:
     """Memory only: nothing is kept, nothing is held back, outcomes stay as they are."""
 
-    def attach(self, feed: Callable[[Tracked], None], room: Callable[[], int]) -> None:
+    def attach(self, host: Host) -> None:
         """Nothing is ever fed back."""
+
+    def delivery_queue(self, intake: Q) -> Q:
+        """The senders take what ``track_*`` queued."""
+        return intake
 
     def start_replay(self) -> None:
         """Nothing to replay."""
@@ -118,5 +156,5 @@ class NoDurability:
 
 
 _NO_STATS = DurabilityStats(
-    spool_path=None, spool_write_ahead_misses=0, spool_errors=0, spool_settle_misses=0
+    spool_path=None, spool_write_ahead_misses=0, spool_errors=0, spool_settle_misses=0, fleet=None
 )

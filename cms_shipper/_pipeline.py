@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from cms_shipper._books import Ledger, Reporter, Settler, build_stats, dropped, invalid
 from cms_shipper._config import Settings, wait_budget
 from cms_shipper._durability import Durability
-from cms_shipper._engine import Engine, EventQueue
+from cms_shipper._engine import Engine, EventQueue, HealthGate
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper.errors import ValidationError
@@ -51,13 +51,15 @@ class Pipeline:
         self.retiring = False  # the handle was collected: settle what is left, then close
         self.ledger = Ledger()
         self._queue: EventQueue[Tracked] = EventQueue(s.max_queue_size, s.batch_size)
+        # What the senders take from: this queue, or (fleet mode) what the fleet handed us.
+        self._source = self.durability.delivery_queue(self._queue)
         reporter = Reporter(s, RateLimitedLog())
-        self._settler = Settler(self.ledger, self._queue.task_done, reporter, self.durability)
+        self._settler = Settler(self.ledger, self._source.task_done, reporter, self.durability)
         self._engine = Engine(
             s,
-            self._queue,
+            self._source,
             key=_customer_key,
-            settle=self._settler.from_sender,
+            settle=self._from_sender,
             durability=self.durability,
         )
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
@@ -68,7 +70,7 @@ class Pipeline:
         self._close_lock = threading.Lock()
         self._closer: Optional[int] = None  # the thread inside close(), if any
         self._close_result: Optional[FlushResult] = None
-        self.durability.attach(self._submit_replayed, self._room)
+        self.durability.attach(self)
 
     def after_fork(self) -> None:
         """In a forked child (pid changed): new machinery of its own; else nothing."""
@@ -160,18 +162,46 @@ class Pipeline:
         logger.exception("internal error in track_*; event dropped and counted")
         return self._settler.internal_error(result)
 
-    def _submit_replayed(self, result: Tracked) -> None:
+    # -- what durability sees of the pipeline (``_durability.Host``) ---------------------
+
+    @property
+    def gate(self) -> HealthGate:
+        """The engine's health gate."""
+        return self._engine.gate
+
+    def feed(self, item: Tracked) -> None:
         """Feed an event kept by durability back into the pipeline (its replay thread)."""
-        self.ledger.admit(result, replayed=True)
-        if not self._queue.put(result):
+        self.ledger.admit(item, replayed=True)
+        if not self._queue.put(item):
             self._settler.finish(
-                result, dropped(result.event, Reason.QUEUE_FULL, "queue full"), queued=False
+                item, dropped(item.event, Reason.QUEUE_FULL, "queue full"), queued=False
             )
             return
         self._engine.start()
 
-    def _room(self) -> int:
+    def room(self) -> int:
+        """How many more events the queue takes now."""
         return self.settings.max_queue_size - self._queue.unfinished()
+
+    def admit(self, item: Tracked) -> None:
+        """Count an event durability queues for this process's senders itself (replayed)."""
+        self.ledger.admit(item, replayed=True)
+
+    def finish(self, item: Tracked, final: Result) -> None:
+        """Give an admitted event its outcome (another fleet member delivered it)."""
+        self._settler.finish(item, final, queued=False)
+
+    def start_senders(self) -> None:
+        """Start the senders, once."""
+        self._engine.start()
+
+    def _from_sender(self, item: Tracked, final: Optional[Result]) -> None:
+        if item._seq or final is None:
+            self._settler.from_sender(item, final)
+            return
+        # Never admitted here: sent for another live fleet member, whose books count it.
+        self.durability.settle_one(item, final)
+        self._source.task_done()
 
     # -- flushing and lifecycle -------------------------------------------------------
 
@@ -260,9 +290,12 @@ class Pipeline:
 
     def stats(self) -> Stats:
         """``CMSClient.stats``: counts, queue, engine, durability."""
+        depth = self._queue.depth()
+        if self._source is not self._queue:
+            depth += self._source.depth()
         return build_stats(
             self.ledger.tally(),
-            self._queue.depth(),
+            depth,
             self._engine.state(),
             self.durability.stats(),
             self.closed,

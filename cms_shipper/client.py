@@ -19,7 +19,7 @@ from cms_shipper._durability import Durability, NoDurability
 from cms_shipper._events import build_lead, build_sale
 from cms_shipper._log import RateLimitedLog
 from cms_shipper._pipeline import Pipeline
-from cms_shipper.errors import ValidationError
+from cms_shipper.errors import ConfigurationError, ValidationError
 from cms_shipper.results import FlushResult, Result, Stats, TrackResult
 
 __all__ = ["CMSClient"]
@@ -58,6 +58,7 @@ class CMSClient:
         spool_replay_interval_s: float = default("spool_replay_interval_s"),
         spool_lease_s: float = default("spool_lease_s"),
         handle_sigterm: Optional[bool] = None,  # CMS_HANDLE_SIGTERM, else False
+        redis_url: Optional[str] = None,  # CMS_REDIS_URL: fleet mode (the redis extra)
     ) -> None:
         """Build a client; every option is validated here (``ConfigurationError`` names it).
 
@@ -202,8 +203,18 @@ _POSITIONAL = frozenset({"self", "token", "host"})
 
 def _durability(settings: Settings) -> Durability:
     """The durability implementation the settings ask for; imported only when configured."""
+    fleet = settings.redis_url is not None and not settings.disabled
+    if fleet:
+        try:
+            from cms_shipper._fleet import FleetKeeper  # noqa: PLC0415  # redis: only here
+        except ImportError as exc:
+            raise ConfigurationError(
+                "redis_url",
+                f"fleet mode needs the redis extra: pip install 'cms-shipper[redis]' ({exc})",
+            ) from None
+    local: Durability = NoDurability()
     if settings.spool_path and not settings.disabled:
         from cms_shipper._spool import SpoolKeeper  # noqa: PLC0415  # sqlite3, mmap: only here
 
-        return SpoolKeeper(settings, RateLimitedLog())
-    return NoDurability()
+        local = SpoolKeeper(settings, RateLimitedLog())
+    return FleetKeeper(settings, local) if fleet else local

@@ -30,7 +30,7 @@ class Outcome(str, enum.Enum):
     REJECTED = "rejected"  # invalid here (422) or refused by the server (4xx); never retried
     FAILED = "failed"  # retries exhausted, or a server answer we cannot act on
     DROPPED = "dropped"  # never sent: queue full, client closed, shutdown deadline, disabled
-    SPOOLED = "spooled"  # not sent yet, saved in the on-disk spool for a later replay
+    SPOOLED = "spooled"  # not sent yet, kept for later: the on-disk spool, or the fleet's queue
 
     def __str__(self) -> str:
         return self.value
@@ -51,6 +51,7 @@ class Reason(str, enum.Enum):
     DISABLED = "disabled"
     SPOOL_FULL = "spool_full"
     BEHIND_SPOOLED = "behind_spooled"  # saved behind its customer's older events in the spool
+    IN_FLEET = "in_fleet"  # left in the fleet's Redis queue, for another member to deliver
     INTERNAL_ERROR = "internal_error"  # a bug of ours caught by track_*'s last-resort guard
 
     def __str__(self) -> str:
@@ -375,4 +376,6 @@ class Stats(TypedDict):
     spool_write_ahead_misses: int  # write-ahead events kept in memory only (busy, error)
     spool_errors: int  # events whose row could not be stored (encoding, SQLite)
     spool_settle_misses: int  # settle batches the spool could not take in time
+    # Fleet mode (redis_url): the link, members, fleet queue, who paused it; else None.
+    fleet: Optional[dict[str, Any]]
     closed: bool

@@ -92,14 +92,16 @@ class Settler:
             if self._ledger.resolve(result, final):
                 self._task_done()
                 self._reporter.report(final)
-        spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED)
+        fleet = sum(1 for f in finals if f.reason is Reason.IN_FLEET)
+        spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED) - fleet
         logger.warning(
-            "%d event(s) not delivered within the %g s shutdown budget: "
-            "%d saved to the spool, %d dropped (%d were in flight and may have reached the server)",
+            "%d event(s) not delivered within the %g s shutdown budget: %s%d saved to the "
+            "spool, %d dropped (%d were in flight and may have reached the server)",
             len(abandoned),
             budget_s,
+            f"{fleet} left in the fleet's queue, " if fleet else "",
             spooled,
-            len(abandoned) - spooled,
+            len(abandoned) - spooled - fleet,
             in_flight,
         )
 

@@ -45,5 +45,6 @@ def build_stats(
         spool_write_ahead_misses=durability["spool_write_ahead_misses"],
         spool_errors=durability["spool_errors"],
         spool_settle_misses=durability["spool_settle_misses"],
+        fleet=durability["fleet"],
         closed=closed,
     )

@@ -12,6 +12,7 @@ settling, the lifecycle or the CLI.
 """
 
 from cms_shipper._engine.engine import Engine
+from cms_shipper._engine.health import GateState, HealthGate, SharedHealth
 from cms_shipper._engine.queue import EventQueue
 
-__all__ = ["Engine", "EventQueue"]
+__all__ = ["Engine", "EventQueue", "GateState", "HealthGate", "SharedHealth"]

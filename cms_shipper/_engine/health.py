@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Hashable, NamedTuple, Optional
+from typing import Callable, Hashable, NamedTuple, Optional, Protocol
 
 from tenacity import RetryCallState, wait_exponential, wait_random, wait_random_exponential
 from tenacity.wait import wait_base
@@ -34,7 +34,9 @@ from cms_shipper._log import logger
 __all__ = [
     "MAX_PROBE_WAIT_S",
     "OUTAGE_STREAK",
+    "GateState",
     "HealthGate",
+    "SharedHealth",
     "Ticket",
     "Verdict",
     "capped",
@@ -65,6 +67,31 @@ class Verdict(NamedTuple):
     charge: bool
     refunds: tuple[Hashable, ...] = ()
     paused: bool = False  # the gate now holds every request back (circuit open)
+
+
+class GateState(NamedTuple):
+    """The gate's state, for a fleet that shares it (``snapshot`` / ``adopt``)."""
+
+    epoch: int  # changes with every transition
+    mode: str  # closed | rate_limited | open
+    resume_in_s: float
+    probe_only: bool
+    failed_probes: int
+    cause: str
+    adopted: bool  # the pause was another member's, not this gate's own observation
+
+
+class SharedHealth(Protocol):
+    """What a fleet lends the gate: the right to probe, and a shared request budget."""
+
+    def may_probe(self) -> bool:
+        """True if this process may send the fleet's one probe now."""
+
+    def pace(self) -> Optional[float]:
+        """Take one request from the fleet's budget: 0.0 taken, seconds to wait, None: no budget."""
+
+
+_FLEET_PROBE_POLL_S = 0.2  # another member holds the probe: look again this soon
 
 
 def capped(seconds: float, cap: float) -> float:
@@ -110,6 +137,9 @@ class HealthGate:
         self._streak_customer: Optional[Hashable] = None  # None once it spans customers
         self._streak_charged: list[Hashable] = []
         self.uncharged = 0
+        self._adopted = False  # the current pause came from the fleet
+        # Fleet mode: the probe right and the request budget are the fleet's.
+        self.shared: Optional[SharedHealth] = None
 
     # -- admission --------------------------------------------------------------------
 
@@ -132,6 +162,18 @@ class HealthGate:
             return self._issue(now, probe=False)
 
     def _issue(self, now: float, *, probe: bool) -> tuple[Optional[Ticket], float]:
+        shared = self.shared
+        if shared is not None:
+            if probe and not shared.may_probe():
+                return None, _FLEET_PROBE_POLL_S  # another member probes for the fleet
+            if self._interval_s:
+                wait = shared.pace()
+                if wait:
+                    return None, wait
+                if wait is not None:  # taken from the fleet's budget
+                    if probe:
+                        self._probe_out = True
+                    return Ticket(self._epoch, probe), 0.0
         if self._interval_s:
             if now < self._next_slot:
                 return None, self._next_slot - now
@@ -263,6 +305,7 @@ class HealthGate:
         self._pause(now, "open", wait_s, True, cause)
 
     def _pause(self, now: float, mode: str, wait_s: float, probe_only: bool, cause: str) -> None:
+        self._adopted = False
         if self._mode == "closed":
             self._paused_since = now
             self._since = self._wall()
@@ -283,6 +326,7 @@ class HealthGate:
         )
         self._paused_total += paused
         self._mode, self._probe_only, self._probe_out = "closed", False, False
+        self._adopted = False
         self._failed_probes = 0
         self._epoch += 1
         self._since = self._wall()
@@ -292,6 +336,49 @@ class HealthGate:
         self._streak = 0
         self._streak_customer = None
         self._streak_charged.clear()
+
+    # -- a fleet's shared view ----------------------------------------------------------
+
+    def snapshot(self) -> GateState:
+        """The state a fleet publishes for its other members."""
+        with self._lock:
+            return GateState(
+                self._epoch,
+                self._mode,
+                max(0.0, self._resume_at - self._clock()),
+                self._probe_only,
+                self._failed_probes,
+                self._cause,
+                self._adopted,
+            )
+
+    def adopt(self, state: GateState, who: str) -> int:
+        """Pause as another member of the fleet saw fit; returns the new epoch."""
+        with self._lock:
+            now = self._clock()
+            was = self._mode
+            self._failed_probes = max(self._failed_probes, state.failed_probes)
+            self._pause(now, state.mode, state.resume_in_s, state.probe_only, state.cause)
+            self._resume_at = now + state.resume_in_s
+            self._adopted = True
+            self._end_streak()
+            if was == "closed":
+                logger.warning(
+                    "sending paused for the fleet (%s, seen by %s): resuming in %.1f s%s",
+                    state.cause,
+                    who,
+                    state.resume_in_s,
+                    ", after one probe" if state.probe_only else "",
+                )
+            return self._epoch
+
+    def lift(self, epoch: int) -> bool:
+        """End a pause the fleet has ended, unless this gate saw new trouble since ``epoch``."""
+        with self._lock:
+            if self._mode == "closed" or self._epoch != epoch:
+                return False
+            self._close(self._clock(), "another member's request went through")
+            return True
 
     # -- reading ------------------------------------------------------------------------
 

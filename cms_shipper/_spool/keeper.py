@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Callable, Optional, Union
 
 from cms_shipper._config import Settings
-from cms_shipper._durability import DurabilityStats
+from cms_shipper._durability import DurabilityStats, Host, Q
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
 from cms_shipper._spool.plan import REPLAYED, SPILLED, Plan, held_back, outcomes
@@ -72,8 +72,8 @@ class SpoolKeeper:
 
     # -- the durability port: replay ----------------------------------------------------
 
-    def attach(self, feed: Callable[[Tracked], None], room: Callable[[], int]) -> None:
-        """Replay into ``feed`` while ``room`` says the queue has space (not started yet)."""
+    def attach(self, host: Host) -> None:
+        """Replay into ``host.feed`` while ``host.room`` says there is space (not started yet)."""
         self._replayer = None
         if not self.enabled:
             return
@@ -81,9 +81,13 @@ class SpoolKeeper:
         def replayed(event: Event) -> None:
             item = Tracked(event)
             item._kept = REPLAYED  # claimed from the spool: never held back behind itself
-            feed(item)
+            host.feed(item)
 
-        self._replayer = Replayer(self, replayed, room, self._settings.spool_replay_interval_s)
+        self._replayer = Replayer(self, replayed, host.room, self._settings.spool_replay_interval_s)
+
+    def delivery_queue(self, intake: Q) -> Q:
+        """The senders take what ``track_*`` queued (replayed events are put there too)."""
+        return intake
 
     def start_replay(self) -> None:
         """Start the replay thread once; cheap to call on every event."""
@@ -103,6 +107,7 @@ class SpoolKeeper:
             spool_write_ahead_misses=self.write_ahead_misses,
             spool_errors=self.spool_errors,
             spool_settle_misses=self.settle_misses,
+            fleet=None,
         )
 
     def _open(self) -> None:

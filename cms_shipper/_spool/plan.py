@@ -87,8 +87,9 @@ class Plan:
         """Sort a batch: final answers remove rows, spillable outcomes keep them in line."""
         plan = cls()
         for i, (result, final) in enumerate(zip(results, finals)):
-            if final.outcome is Outcome.SPOOLED:  # held back: its row is already in place
-                continue
+            if final.outcome is Outcome.SPOOLED and final.reason is not Reason.IN_FLEET:
+                continue  # held back: its row is already in place
+            # (In fleet mode, an event that reached the fleet's queue lets go of its row.)
             spill = (final.outcome, final.reason) in SPILLABLE
             handle, event = result._kept, result.event
             if handle > 0 and event is not None:

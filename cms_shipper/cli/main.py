@@ -17,6 +17,8 @@ from cms_shipper._version import __version__
 from cms_shipper.cli.args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, amount, finite
 from cms_shipper.cli.emulator import add_options as add_emulator_options
 from cms_shipper.cli.emulator import run as run_emulator
+from cms_shipper.cli.fleet import add_parser as add_fleet_parser
+from cms_shipper.cli.fleet import run_fleet
 from cms_shipper.client import CMSClient
 from cms_shipper.errors import ConfigurationError
 from cms_shipper.results import Outcome, Result
@@ -104,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     spool.add_argument("--timeout-s", type=float, default=300.0, help="replay gives up after this")
     spool.add_argument("--yes", action="store_true", help="purge without asking")
+
+    add_fleet_parser(commands)
 
     demo = commands.add_parser("demo", help="a tour: emulated API with faults, a realistic mix")
     demo.add_argument(
@@ -231,7 +235,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(events=args.events, threads=args.threads, seed=args.seed)
 
 
-_COMMANDS = {"lead": _send, "sale": _send, "emulator": run_emulator, "spool": _spool, "demo": _demo}
+def _fleet(args: argparse.Namespace) -> int:
+    return run_fleet(args, _token(args))
+
+
+_COMMANDS = {
+    "lead": _send,
+    "sale": _send,
+    "emulator": run_emulator,
+    "spool": _spool,
+    "fleet": _fleet,
+    "demo": _demo,
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -80,6 +80,16 @@ def _statuses(stats: Mapping[str, Any]) -> Iterator[tuple[int, _Attrs]]:
         yield count, {STATUS_CODE: int(code)}
 
 
+def _fleet(key: str, value: Callable[[Any], int] = int) -> _Points:
+    """A figure of fleet mode's view; no point at all without fleet mode."""
+
+    def points(stats: Mapping[str, Any]) -> list[tuple[int, _Attrs]]:
+        fleet = stats.get("fleet")
+        return [] if fleet is None else [(value(fleet[key]), {})]
+
+    return points
+
+
 def _circuit(stats: Mapping[str, Any]) -> Iterator[tuple[int, _Attrs]]:
     for state in _CIRCUIT_STATES:
         yield int(stats["circuit"] == state), {CIRCUIT_STATE: state}
@@ -191,6 +201,41 @@ _INSTRUMENTS = (
         "{batch}",
         "Batches the spool was too busy to take in time",
         _key("spool_settle_misses"),
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.fleet.link.up",
+        "1",
+        "Fleet mode: 1 while the link to Redis is up",
+        _fleet("link", lambda link: int(link == "up")),
+    ),
+    _Spec(
+        "gauge",
+        "cms_shipper.fleet.members",
+        "{process}",
+        "Fleet mode: live members of the fleet (refreshed every second)",
+        _fleet("members"),
+    ),
+    _Spec(
+        "gauge",
+        "cms_shipper.fleet.queue.size",
+        "{event}",
+        "Fleet mode: events in the fleet's queue in Redis (refreshed every second)",
+        _fleet("queue_depth"),
+    ),
+    _Spec(
+        "updown",
+        "cms_shipper.fleet.paused",
+        "1",
+        "Fleet mode: 1 while the fleet is paused (rate limited or the API away)",
+        _fleet("paused_by", lambda by: int(by is not None)),
+    ),
+    _Spec(
+        "counter",
+        "cms_shipper.fleet.delivered_for_others",
+        "{event}",
+        "Fleet mode: events this process delivered for another live member",
+        _fleet("delivered_for_others"),
     ),
 )
 
