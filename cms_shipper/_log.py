@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Any, Callable, Optional
 
@@ -66,8 +66,13 @@ class RateLimitedLog:
         self._last: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
         # key -> (level, msg, args) of the last repeat held back, for ``flush``.
         self._held: dict[Hashable, tuple[int, str, tuple[Any, ...]]] = {}
+        self._repeats: deque[Hashable] = deque()  # suppressed, not yet counted in _last
         with _ALL_LOCK:
             _ALL.add(self)
+
+    def enabled(self, level: int) -> bool:
+        """Whether a line at ``level`` could go out (build costly arguments only then)."""
+        return self._log.isEnabledFor(level)
 
     def log(
         self,
@@ -82,8 +87,21 @@ class RateLimitedLog:
         if not self._log.isEnabledFor(level):
             return
         now = self._clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self._interval_s:
+            # A repeat takes no lock: its message is kept for ``flush`` and its key queued
+            # (atomic operations), and counted into the table under the lock later.
+            self._held[key] = (level, msg, args)
+            self._repeats.append(key)
+            if len(self._repeats) >= _FOLD_AT and self._lock.acquire(blocking=False):
+                try:
+                    self._fold()
+                finally:
+                    self._lock.release()
+            return
         evicted: list[_Count] = []
         with self._lock:
+            self._fold()
             key = self._slot(key, overflow_key, now, evicted)
             last, suppressed = self._last.get(key, (None, 0))
             if last is not None and now - last < self._interval_s:
@@ -102,9 +120,19 @@ class RateLimitedLog:
             args = (*args, suppressed, "" if suppressed == 1 else "s", now - last)
         self._log.log(level, msg, *args, exc_info=exc_info)
 
+    def _fold(self) -> None:
+        """Count the queued repeats into the table; called with the lock held."""
+        table, repeats = self._last, self._repeats
+        while repeats:
+            key = repeats.popleft()
+            seen = table.get(key)
+            if seen is not None:  # a kind forgotten meanwhile is forgotten with its count
+                table[key] = (seen[0], seen[1] + 1)
+
     def flush(self) -> int:
         """Emit the count of every kind with repeats held back; returns how many were."""
         with self._lock:
+            self._fold()
             now = self._clock()
             counts = [self._take(key, now) for key, (_, n) in self._last.items() if n]
         self._emit(counts)
@@ -154,6 +182,7 @@ class RateLimitedLog:
         return key
 
 
+_FOLD_AT = 256  # suppressed repeats held before they are counted into the table
 _Count = tuple[int, str, tuple[Any, ...], int, float]  # level, msg, args, repeats, seconds
 _ALL: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
 _ALL_LOCK = threading.Lock()

@@ -273,6 +273,8 @@ class Reporter:
             level = logging.INFO
         else:
             level = logging.WARNING
+        if not self._log.enabled(level):
+            return  # nobody listens at this level: build no message
         # One kind of problem per outcome, reason, status and the fields named: 100 bad
         # amounts and 100 bad emails are two kinds, each with its own first line.
         fields = ",".join(sorted(final.details)) if final.details else None

@@ -53,18 +53,42 @@ def _note_sent() -> None:
         slot.sent = True
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _OneWrite:
+    """A connection that writes a request's head and body in one ``sendall``.
+
+    urllib3 writes the head, then each body chunk: two system calls per event, each
+    releasing and retaking the GIL (a socket with a timeout polls first: four), which
+    the ``track_*`` callers of the process pay for. The bytes ``request`` writes are held
+    and written once at its end; nothing is written if it fails.
+    """
+
+    _held: Optional[list[bytes]] = None
+
+    def send(self, data: Any) -> None:
+        held = self._held
+        if held is not None and isinstance(data, bytes):
+            held.append(data)
+            return
+        super().send(data)  # type: ignore[misc]
+
     def request(self, *args: Any, **kwargs: Any) -> None:
         _note_connection(self)
-        super().request(*args, **kwargs)  # connects if need be, then writes the request
+        held: list[bytes] = []
+        self._held = held
+        try:
+            super().request(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._held = None
+        super().send(b"".join(held))  # type: ignore[misc]  # connects if need be
         _note_sent()
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _note_connection(self)
-        super().request(*args, **kwargs)
-        _note_sent()
+class _WatchedHTTPConnection(_OneWrite, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_OneWrite, HTTPSConnection):
+    pass
 
 
 class _Pool(HTTPConnectionPool):
