@@ -61,6 +61,7 @@ class Pipeline:
             key=_customer_key,
             settle=self._from_sender,
             durability=self.durability,
+            refused=self.ledger.wake_flushes,  # a flush stops waiting once the token is refused
         )
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
         self._ids = itertools.count(1)
@@ -238,11 +239,11 @@ class Pipeline:
     def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``CMSClient.flush``: wait for the events pending now, at most ``timeout_s``."""
         budget = wait_budget(timeout_s, self.settings.flush_timeout_s)
-        if self._engine.gate.refusing_token():
-            budget = 0.0  # nothing can be sent until the token is accepted: do not wait
         mark = self.ledger.mark()
         self._queue.wake()
-        pending = self.ledger.wait_for(mark, time.monotonic() + budget)
+        # Nothing can be sent while the API refuses the token: the wait ends when it does.
+        refusing = self._engine.gate.refusing_token
+        pending = self.ledger.wait_for(mark, time.monotonic() + budget, refusing)
         return self._settler.flush_result(pending)
 
     def close(

@@ -332,8 +332,9 @@ class CMSClient:
             A ``FlushResult`` taken after close has settled what it gave up on: counts by
             outcome over the client's life (``dropped`` / ``spooled`` include those
             events), ``pending`` (what is really left: 0 unless an event raced in while
-            closing) and ``timed_out`` (True when the deadline was hit). Falsy when it
-            timed out. A second call returns the first call's result.
+            closing) and ``timed_out`` (True when close gave up on events: its deadline
+            passed, or the API refused the token). Falsy then. A second call returns the
+            first call's result.
         """
         return self._pipeline.close(timeout_s)
 

@@ -295,7 +295,8 @@ class FlushResult(_ReadOnly):
     no outcome, and ``timed_out`` is ``pending > 0``. From ``close()``: the counts are taken
     after close has settled what it gave up on, so ``dropped`` (or ``spooled``, with a
     spool) includes those, ``pending`` is what is really left (0 unless an event raced in
-    while closing), and ``timed_out`` says whether the deadline was hit.
+    while closing), and ``timed_out`` says whether close gave up on events still pending
+    (its deadline passed, or the API refused the token, so nothing could be sent).
     """
 
     __slots__ = ()
@@ -358,9 +359,10 @@ class FlushResult(_ReadOnly):
 
     @property
     def timed_out(self) -> bool:
-        """True when the call's deadline was hit with events still pending.
+        """True when the call gave up with events still pending.
 
-        For ``close()``, those events were then dropped or spooled (and counted there).
+        For ``flush()``, its deadline passed. For ``close()``, its deadline passed or the
+        API refused the token; those events were then dropped or spooled (and counted there).
         """
         return bool(dict.__getitem__(self, "timed_out"))
 

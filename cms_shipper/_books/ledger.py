@@ -171,11 +171,18 @@ class Ledger:
         """A mark for ``wait_for``: the events pending now (admitted before this call)."""
         return list(self._outstanding)  # one C-level copy: no Python code runs in between
 
-    def wait_for(self, mark: list[int], deadline: Optional[float]) -> int:
-        """Wait until every event in ``mark`` has an outcome, or ``deadline``.
+    def wait_for(
+        self,
+        mark: list[int],
+        deadline: Optional[float],
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Wait until every event in ``mark`` has an outcome, ``deadline``, or ``give_up()``.
 
-        ``deadline`` is a ``time.monotonic()`` value (None: no bound). Returns how many of
-        those events are still pending.
+        ``deadline`` is a ``time.monotonic()`` value (None: no bound). ``give_up`` is asked
+        once the wait is registered and again when ``wake_flushes`` ends it early (the API
+        refused the token: nothing will be sent). Returns how many of those events are
+        still pending.
         """
         with self._lock:
             flush = _Flush(seq for seq in mark if seq in self._outstanding)
@@ -189,13 +196,26 @@ class Ledger:
                 self._flushes.remove(flush)
                 return 0
         try:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            flush.done.wait(remaining)
+            # Asked after registering: a ``wake_flushes`` from now on finds this wait.
+            while not give_up():
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not flush.done.wait(remaining):
+                    break
+                with self._lock:  # woken by ``wake_flushes``, or every event settled
+                    if not flush.pending:
+                        break
+                    flush.done.clear()
         finally:
             with self._lock:
                 self._flushes.remove(flush)
                 left = len(flush.pending)
         return left
+
+    def wake_flushes(self) -> None:
+        """Wake every ``wait_for`` to ask its ``give_up`` again (the token was refused)."""
+        with self._lock:
+            for flush in self._flushes:
+                flush.done.set()
 
     def wait_final(self, result: Tracked, timeout_s: Optional[float]) -> None:
         """Block until ``result`` has its final outcome, or ``timeout_s`` (None: no bound)."""

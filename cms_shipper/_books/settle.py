@@ -103,11 +103,14 @@ class Settler:
                 self._reporter.report(final)
         fleet = sum(1 for f in finals if f.reason is Reason.IN_FLEET)
         spooled = sum(1 for f in finals if f.outcome is Outcome.SPOOLED) - fleet
+        why = f"within the {budget_s:g} s shutdown budget"
+        if reason is Reason.UNAUTHORIZED:
+            why = "at close: the API refused the token (HTTP 401)"
         logger.warning(
-            "%d event(s) not delivered within the %g s shutdown budget: %s%d saved to the "
-            "spool, %d dropped (%d were in flight and may have reached the server)",
+            "%d event(s) not delivered %s: %s%d saved to the spool, %d dropped "
+            "(%d were in flight and may have reached the server)",
             len(abandoned),
-            budget_s,
+            why,
             f"{fleet} left in the fleet's queue, " if fleet else "",
             spooled,
             len(abandoned) - spooled - fleet,

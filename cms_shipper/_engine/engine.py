@@ -36,6 +36,7 @@ class Engine:
         key: Callable[[Tracked], Hashable],
         settle: Callable[[Tracked, Optional[Result]], None],
         durability: Durability,
+        refused: Callable[[], None] = lambda: None,
     ) -> None:
         s = settings
         self._durability = durability
@@ -43,6 +44,7 @@ class Engine:
         self.gate = HealthGate(
             max_requests_per_minute=s.max_requests_per_minute,
             max_retry_after_s=s.max_retry_after_s,
+            on_refused=refused,
         )
         self.transport = Transport(
             s.host,

@@ -121,7 +121,9 @@ class HealthGate:
         max_retry_after_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_refused = on_refused  # called (outside the lock) when a 401 pause begins
         self._interval_s = 60.0 / max_requests_per_minute if max_requests_per_minute else 0.0
         self._max_retry_after_s = max_retry_after_s
         self._clock = clock
@@ -241,6 +243,10 @@ class HealthGate:
 
     def on_unauthorized(self, ticket: Ticket) -> None:
         """A 401: the token is refused, for every event. Pause everybody; probe slowly."""
+        if self._refuse(ticket):
+            self._on_refused()  # a flush waiting for events that cannot be sent now returns
+
+    def _refuse(self, ticket: Ticket) -> bool:
         with self._lock:
             now = self._clock()
             self.uncharged += 1
@@ -249,7 +255,7 @@ class HealthGate:
                 self._probe_out = False
                 self._failed_probes += 1
             elif self._mode == "unauthorized":
-                return  # one of the requests already on the wire when the pause began
+                return False  # one of the requests already on the wire when the pause began
             wait_s = min(
                 UNAUTHORIZED_PROBE_S * 2 ** min(self._failed_probes, 8), MAX_UNAUTHORIZED_PROBE_S
             )
@@ -262,6 +268,7 @@ class HealthGate:
                     "checks whether it is accepted",
                     wait_s,
                 )
+            return entering
 
     def refusing_token(self) -> bool:
         """True while sending is paused because the API refused the token (401)."""
@@ -409,7 +416,10 @@ class HealthGate:
                     state.resume_in_s,
                     ", after one probe" if state.probe_only else "",
                 )
-            return self._epoch
+            epoch = self._epoch
+        if state.mode == "unauthorized" and was != "unauthorized":
+            self._on_refused()
+        return epoch
 
     def lift(self, epoch: int) -> bool:
         """End a pause the fleet has ended, unless this gate saw new trouble since ``epoch``."""

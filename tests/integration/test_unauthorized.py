@@ -9,6 +9,7 @@ what is left at close is counted ``dropped: unauthorized``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,24 @@ def test_a_403_stays_the_events_own_answer(cms_emulator: Emulator) -> None:
         client.close(5.0)
     assert denied.outcome is Outcome.REJECTED and denied.status_code == 403
     assert fine.outcome is Outcome.DELIVERED
+
+
+def test_close_does_not_wait_out_its_budget_for_events_a_refused_token_cannot_send(
+    cms_emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The README's first script: track, then close at once (the exit hook does the same).
+    # The first request is answered 401 during close's flush; the flush then ends, rather
+    # than wait 60 s for a token that will not be accepted meanwhile.
+    options = {**FAST, "flush_interval_s": 30.0, "shutdown_timeout_s": 60.0}
+    client = CMSClient(token="a-rotated-token", host=cms_emulator.url, **options)
+    results = [client.track_lead(f"lead-{i}", f"c{i}", click_id="k") for i in range(3)]
+    assert not refused(client)  # nothing sent yet: close's flush sends the first request
+    with caplog.at_level(logging.WARNING, logger="cms_shipper"):
+        started = time.monotonic()
+        closed = client.close()
+        took = time.monotonic() - started
+    assert took < 30.0, took  # well before its 60 s budget
+    assert closed.dropped == 3 and closed.pending == 0 and closed.timed_out and not closed
+    assert {r.wait(0).reason for r in results} == {"unauthorized"}
+    assert "3 event(s) not delivered at close: the API refused the token" in caplog.text
+    assert "shutdown budget" not in caplog.text
