@@ -211,8 +211,17 @@ class Member:
             self.release(claims, 0.0)
             try:
                 client = self.client()
-                client.delete(self.prefix + "m:" + self.name)
-                client.zrem(self.prefix + "members", self.name)
+                p = self.prefix
+                pipe = client.pipeline(transaction=False)
+                pipe.delete(p + "m:" + self.name)
+                pipe.zrem(p + "members", self.name)
+                pipe.zcard(p + "members")
+                pipe.get(p + "depth")
+                pipe.hlen(p + "claims")
+                *_, members, depth, claims = pipe.execute()
+                # stats() after close shows the fleet as this member left it, not as it
+                # was at the last beat.
+                self.view = {"members": members, "queue_depth": int(depth or 0), "claims": claims}
             except REDIS_ERRORS:
                 logger.debug("leaving the fleet: Redis did not answer", exc_info=True)
         self.link.close()
