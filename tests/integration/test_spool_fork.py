@@ -10,6 +10,7 @@ file last (the parent, an operator's ``spool replay``) deleted the WAL under it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -145,6 +146,12 @@ def drain(path: Path, emu: Emulator) -> Counter[str]:
     return Counter(str(e.payload["eventName"]) for e in emu.events)
 
 
+def child_spooled(out: str) -> int:
+    """The child's ``spooled`` count (events its own replay spooled again count twice)."""
+    found = re.search(r"child spooled (\d+)", out)
+    return int(found.group(1)) if found else -1
+
+
 def down() -> str:
     return f"http://127.0.0.1:{unused_port()}"
 
@@ -160,7 +167,7 @@ def test_a_childs_spooled_events_survive_the_parent_closing(
 ) -> None:
     path = tmp_path / "spool.db"
     out = run(CHILD_SPOOLS, str(path), down(), how, order, host=emu.url)
-    assert "child spooled 100" in out and "done" in out, out
+    assert child_spooled(out) >= 100 and "done" in out, out  # its replays spool again
     names = drain(path, emu)
     expected = PARENT | {f"child-{i}" for i in range(100)}
     assert set(names) == expected, sorted(expected - set(names))[:10]
@@ -230,8 +237,8 @@ def test_b_an_operators_replay_beside_a_spooling_child_loses_nothing(
         )  # fmt: skip
         assert replay.returncode in (0, 1), replay.stderr  # 1: events left (the child adds)
         replays += 1
-    assert "done" in text() and "child spooled" in text(), text()
-    assert replays >= 2, text()  # the operator ran while the child spooled
+    assert "done" in text() and child_spooled(text()) >= 100, text()
+    assert replays >= 1, text()  # the operator ran while the child spooled
     names = drain(path, emu)
     expected = PARENT | {f"child-{i}" for i in range(100)}
     assert set(names) == expected, (sorted(expected - set(names))[:10], text())
