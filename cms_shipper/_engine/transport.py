@@ -176,7 +176,12 @@ class Transport:
         try:
             return local.prep, local.slot
         except AttributeError:
-            local.prep, local.slot = self._template.copy(), Slot()
+            prep = self._template.copy()
+            # A plain dict: urllib3 copies and walks the headers per request, which for
+            # requests' case-insensitive dict costs a lower() and a call per line. The
+            # names are the template's own, spelt one way, so nothing looks them up by case.
+            prep.headers = dict(prep.headers)  # type: ignore[assignment]
+            local.prep, local.slot = prep, Slot()
             return local.prep, local.slot
 
     def send(self, path: str, body: bytes, deadline: Optional[float] = None) -> Reply:
