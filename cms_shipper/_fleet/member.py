@@ -23,7 +23,7 @@ import redis
 
 from cms_shipper._fleet import scripts
 from cms_shipper._fleet.link import Link
-from cms_shipper._fleet.records import encode
+from cms_shipper._fleet.records import encode, tracked_us
 from cms_shipper._log import logger
 from cms_shipper.results import Result, Tracked
 
@@ -64,11 +64,12 @@ class Member:
 
     def push(self, items: list[Tracked]) -> bool:
         """Add ``items`` to the fleet queue (idempotent by event id); False if Redis failed."""
-        args: list[Any] = [self.prefix, now_ms(), _SEEN_TTL_S]
+        args: list[Any] = [self.prefix, now_ms(), _SEEN_TTL_S, scripts.ORDER_WINDOW_MS]
         for item in items:
             event = item.event
             if event is not None:
-                args += [event.customer_key, event.event_id, encode(self.name, event)]
+                args += [event.customer_key, event.event_id, tracked_us(event),
+                         encode(self.name, event)]  # fmt: skip
         with self.lock:  # before the push: a claim may come back before its reply
             for item in items:
                 if item.event is not None:
@@ -129,8 +130,7 @@ class Member:
         """Acks that failed while the link was down, in order."""
         while self._acks:
             customer, eid = self._acks[0]
-            scripts.run(self.client(), scripts.ACK, self.prefix, self.name, customer, eid,
-                        now_ms(), "0")  # fmt: skip
+            self._run_ack(self.client(), customer, eid, keep=False)
             self._acks.popleft()
 
     def notices(self) -> list[dict[str, Any]]:
@@ -143,8 +143,11 @@ class Member:
     def drop_unreadable(self, customer: str, raw: bytes) -> None:
         """Ack a head that cannot be decoded, so its customer's next event can go."""
         head = raw.split(b"\n", 2)[1].decode("utf-8", "replace") if raw.count(b"\n") else ""
-        scripts.run(self.client(), scripts.ACK, self.prefix, self.name, customer, head,
-                    now_ms(), "0")  # fmt: skip
+        self._run_ack(self.client(), customer, head, keep=False)
+
+    def _run_ack(self, client: redis.Redis, customer: str, eid: str, *, keep: bool) -> Any:
+        args = [self.prefix, self.name, customer, eid, now_ms(), "1" if keep else "0"]
+        return scripts.run(client, scripts.ACK, *args, scripts.ORDER_WINDOW_MS)
 
     # -- a sender's calls ---------------------------------------------------------------------
 
@@ -160,8 +163,7 @@ class Member:
             self._acking += 1  # its reply may hand this member a claim: no reconciling now
         try:
             client = self.client()
-            args = [self.prefix, self.name, customer, eid, now_ms(), "1" if keep_claiming else "0"]
-            nxt = scripts.run(client, scripts.ACK, *args)
+            nxt = self._run_ack(client, customer, eid, keep=keep_claiming)
             if origin is not None:
                 self._notify(client, origin, final)
             return (customer, nxt[0], bool(nxt[1])) if nxt else None
@@ -209,8 +211,17 @@ class Member:
             self.release(claims, 0.0)
             try:
                 client = self.client()
-                client.delete(self.prefix + "m:" + self.name)
-                client.zrem(self.prefix + "members", self.name)
+                p = self.prefix
+                pipe = client.pipeline(transaction=False)
+                pipe.delete(p + "m:" + self.name)
+                pipe.zrem(p + "members", self.name)
+                pipe.zcard(p + "members")
+                pipe.get(p + "depth")
+                pipe.hlen(p + "claims")
+                *_, members, depth, claims = pipe.execute()
+                # stats() after close shows the fleet as this member left it, not as it
+                # was at the last beat.
+                self.view = {"members": members, "queue_depth": int(depth or 0), "claims": claims}
             except REDIS_ERRORS:
                 logger.debug("leaving the fleet: Redis did not answer", exc_info=True)
         self.link.close()

@@ -281,6 +281,10 @@ def test_one_failing_customer_holds_back_no_one_else_in_the_fleet(
     assert wait_until(lambda: delivered_once(cms_emulator, 40), 10.0)
     a.close()
     b.close()
+    # After close, stats() shows the fleet as the member left it, not its last beat's view.
+    left = b.stats()["fleet"]
+    assert left is not None
+    assert (left["queue_depth"], left["claims"], left["members"]) == (0, 0, 0), left
 
 
 def test_max_requests_per_minute_is_the_fleets_total(
