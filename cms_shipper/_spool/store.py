@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional, Union
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool import rows
+from cms_shipper._spool import disk, rows
 from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError
 from cms_shipper._spool.order import Lines
 from cms_shipper._spool.owners import Owners, name_of, take_over_dead
@@ -48,12 +48,12 @@ from cms_shipper._spool.rows import Added, JournalRecord
 from cms_shipper._spool.status import (
     SpoolBusy,
     SpoolError,
+    SpoolFull,
     SpoolStatus,
     Unreadable,
     is_busy,
     open_spool,
     query_status,
-    used_bytes,
 )
 
 __all__ = [
@@ -64,10 +64,24 @@ __all__ = [
     "Spool",
     "SpoolBusy",
     "SpoolError",
+    "SpoolFull",
     "SpoolStatus",
 ]
 
 _FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
+
+
+def _transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``work`` in one IMMEDIATE transaction, rolled back if it (or the commit) fails."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        out = work(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return out
 
 
 def _owner() -> str:
@@ -97,6 +111,7 @@ class Spool:
         self._db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
         self._owners = Owners(self.path)
+        self._reserve = disk.Reserve(self.path, disk.wal_limit(max_bytes))
         self.lines = Lines()  # which customers wait for their spooled events
         self.journal = self._journal()
         self._open()
@@ -111,7 +126,7 @@ class Spool:
         self.journal.registered = self._owners.hold(self.owner)
         self._closed = False
         try:
-            self._db = open_spool(self.path, self._busy_s, self._owners)
+            self._db = self._tuned(open_spool(self.path, self._busy_s, self._owners))
         except SpoolBusy:
             # Busy longer than busy_s (another process creating the file, converting it or
             # recovering its WAL). The journal needs only our owner lock: it takes records
@@ -154,11 +169,15 @@ class Spool:
         work: Callable[[sqlite3.Connection], Any],
         busy_s: Optional[float],
         committed: Optional[Callable[[], None]] = None,
+        drains: bool = True,
     ) -> Any:
         """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks.
 
         ``committed`` runs after the commit, still under the lock: it updates ``lines``,
-        so a concurrent ``refresh`` never counts a change twice or misses it.
+        so a concurrent ``refresh`` never counts a change twice or misses it. On a full
+        disk, work that ``drains`` the spool (claims, heartbeats, removals, take-overs)
+        frees the reserve and truncates the WAL, then runs once more; new rows do not:
+        they would eat the room replay needs.
         """
         if self._pid != os.getpid():
             self.reopen()
@@ -173,32 +192,68 @@ class Spool:
                 if db is None:  # busy at open: open it now
                     db = self._db = self._open_late(wait)
                 db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-                db.execute("BEGIN IMMEDIATE")
                 try:
-                    out = work(db)
-                    if self._max_bytes is not None:  # the journal's base for max_bytes
-                        size = used_bytes(db)
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-                if self._max_bytes is not None:
-                    self.journal.measured = size
+                    out = _transaction(db, work)
+                except sqlite3.OperationalError as exc:
+                    if not (drains and disk.is_full(exc)) or not self._make_room(db):
+                        raise
+                    out = _transaction(db, work)  # once more, with the room made
                 if committed is not None:
                     committed()
                 return out
             except sqlite3.Error as exc:
-                kind = SpoolBusy if is_busy(exc) else SpoolError
+                kind = SpoolBusy if is_busy(exc) else SpoolFull if disk.is_full(exc) else SpoolError
                 raise kind(f"spool {self.path}: {exc}") from exc
         finally:
             self._lock.release()
 
     def _open_late(self, wait: float) -> sqlite3.Connection:
         try:
-            return open_spool(self.path, wait, self._owners)
+            return self._tuned(open_spool(self.path, wait, self._owners))
         except Unreadable as exc:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
+
+    def _tuned(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        with contextlib.suppress(sqlite3.Error):  # a disk too full for it: the next one
+            disk.tune(db, self._max_bytes)
+            self._reserve.ensure(self._max_bytes, self.path)
+        return db
+
+    def _make_room(self, db: sqlite3.Connection) -> bool:
+        """The disk is full: free the reserve and truncate the WAL; True if either helped."""
+        freed = self._reserve.free()
+        try:
+            truncated = disk.checkpoint(db)
+        except sqlite3.Error:
+            truncated = False
+        if freed or truncated:
+            logger.warning(
+                "the disk of the spool %s is full; %s to go on",
+                self.path,
+                "freed its reserve and truncated its WAL" if freed else "truncated its WAL",
+            )
+        return freed or truncated
+
+    def keep_small(self, busy_s: float = 0.05) -> None:
+        """Truncate a WAL grown past its limit; make the reserve again once there is room."""
+        if disk.wal_bytes(self.path) > disk.wal_limit(self._max_bytes):
+            self._run_plain(disk.checkpoint, busy_s)
+        self._reserve.ensure(self._max_bytes, self.path)
+
+    def _run_plain(self, work: Callable[[sqlite3.Connection], Any], busy_s: float) -> Any:
+        """Run ``work`` outside a transaction (a checkpoint), waiting at most ``busy_s``."""
+        if self._pid != os.getpid() or not self._lock.acquire(timeout=busy_s):
+            return None
+        try:
+            db = self._db
+            if db is None or self._closed:
+                return None
+            db.execute(f"PRAGMA busy_timeout = {int(busy_s * 1000)}")
+            return work(db)
+        except sqlite3.Error as exc:
+            raise (SpoolBusy if is_busy(exc) else SpoolError)(f"spool {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
 
     def write_ahead(self, event: Event) -> int:
         """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
@@ -229,7 +284,10 @@ class Spool:
         busy_s: Optional[float] = None,
     ) -> Added:
         """In one transaction: remove ``events`` rows, release our leases, add events unleased
-        and move written-ahead events into ``events`` (``move``, then done in the journal)."""
+        and move written-ahead events into ``events`` (``move``, then done in the journal).
+
+        ``Added.refused`` names the adds and moves ``max_bytes`` had no room for (a move
+        refused stays live in the journal)."""
         gone, freed = list(remove), list(release)
         if not (gone or freed or add or move):
             return Added([], [])
@@ -238,23 +296,35 @@ class Spool:
 
         def work(db: sqlite3.Connection) -> Added:
             delta.clear()
+            kept.clear()
             me, now = self.owner, self._clock()
             rows.remove(db, me, now, gone, delta)
             rows.release(db, me, freed, delta)
-            if move:  # in the journal's size already: never refused for max_bytes
-                moved = rows.insert(db, [ahead.event for ahead in move], now, 0, None, delta)
-                kept.update(moved.failed)
+            refused: list[str] = []
+            if move:  # one refused for max_bytes stays in the journal (safe there)
+                events = [ahead.event for ahead in move]
+                moved = rows.insert(db, events, now, *self._budget(db), delta, cost=2)
+                kept.update(moved.failed + moved.refused)
+                refused = moved.refused
             if not add:
-                return Added([], [])
-            return rows.insert(db, add, now, used_bytes(db), self._max_bytes, delta)
+                return Added(refused, [])
+            added = rows.insert(db, add, now, *self._budget(db), delta, cost=2)
+            return Added(refused + added.refused, added.failed)
 
         def committed() -> None:
             self.lines.changed(delta, itertools.chain(gone, freed))
             if move:
                 self.journal.done([a.handle for a in move if a.event.event_id not in kept])
 
-        result: Added = self._run(work, busy_s, committed)
+        result: Added = self._run(work, busy_s, committed, drains=not (add or move))
         return result
+
+    def _budget(self, db: sqlite3.Connection) -> tuple[int, Optional[int]]:
+        """Pages in use, and the limit rows may take them to: the bound less every other
+        file of the spool (WAL, journals of every process, the reserve)."""
+        if self._max_bytes is None:
+            return 0, None
+        return disk.budget(db, self.path, self._max_bytes)
 
     def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
         """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order."""
@@ -316,6 +386,7 @@ class Spool:
         renewed: int = self._run(work, busy_s)
         self.journal.registered = True
         self.journal.tidy()  # files whose records are all done
+        self.keep_small()
         return renewed
 
     def release(self, event_ids: Iterable[str]) -> None:
