@@ -61,8 +61,9 @@ class Pipeline:
             key=_customer_key,
             settle=self._from_sender,
             durability=self.durability,
-            refused=self.ledger.wake_flushes,  # a flush stops waiting once the token is refused
-        )
+            refused=self.ledger.wake_waiters,  # flush() and wait() stop waiting for a token
+        )  # the API refuses: nothing can be sent until it accepts one
+        self.ledger.refusing = self._engine.gate.refusing_token
         self._sync_seqs = itertools.count(-1, -1)  # sync_mode events never enter the ledger
         self._ids = itertools.count(1)
         # Random per client and process: ids stay unique across processes without paying

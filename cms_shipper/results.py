@@ -216,6 +216,8 @@ class Tracked:
 class _Books(Protocol):
     def wait_final(self, item: Tracked, timeout_s: Optional[float]) -> None: ...
 
+    def refusing(self) -> bool: ...
+
 
 class TrackResult(Result):
     """What ``track_*`` returns at once; ``wait()`` gives the event's final ``Result``.
@@ -260,9 +262,11 @@ class TrackResult(Result):
             The final ``Result``: ``success`` True for ``delivered`` (2xx) and ``duplicate``
             (409, already recorded); False for ``rejected``, ``failed``, ``dropped`` and
             ``spooled``, with ``status_code``, ``error`` and ``details`` saying why;
-            ``outcome`` and ``reason`` name it. If the deadline passes first: a Result with
-            ``success=False``, ``queued=True``, ``outcome=None``, ``message="pending"`` and
-            an ``error`` saying the event is still pending (it stays on its way).
+            ``outcome`` and ``reason`` name it. If the deadline passes first, or the API
+            refuses the token (nothing can be sent until it accepts one, so ``wait`` returns
+            at once): a Result with ``success=False``, ``queued=True``, ``outcome=None``,
+            ``message="pending"`` and an ``error`` saying the event is still pending and
+            why (it stays on its way).
         """
         # Any timeout value is fine: None waits without a bound; inf and huge are clamped;
         # negative, NaN and non-numbers mean 0 (a garbage timeout must not hang a caller).
@@ -273,13 +277,20 @@ class TrackResult(Result):
         final = item._final
         if final is not None:
             return final
+        if self._books is not None and self._books.refusing():
+            error = (
+                "not sent: the API refused the token (HTTP 401); the event is still pending "
+                "and goes once a token is accepted"
+            )
+        elif bound is not None:
+            error = f"no final outcome within {bound:g} s; the event is still pending"
+        else:
+            error = "no final outcome yet; the event is still pending"
         return Result(
             success=False,
             queued=True,
             message="pending",
-            error=f"no final outcome within {bound:g} s; the event is still pending"
-            if bound is not None
-            else "no final outcome yet; the event is still pending",
+            error=error,
             event_id=self.event_id,
         )
 

@@ -64,6 +64,9 @@ class Ledger:
         # waiter on every resolution: a flush of N events cost N wake-ups of its thread.)
         self._flushes: list[_Flush] = []
         self._waits: dict[int, threading.Event] = {}  # seq -> set when that event resolves
+        # Whether nothing can be sent now (the API refused the token): ``wake_waiters`` then
+        # ends every wait early. Set by the pipeline to its health gate's ``refusing_token``.
+        self.refusing: Callable[[], bool] = lambda: False
         self._outstanding: dict[int, Tracked] = {}
         self._seqs = itertools.count(1)
         self._recorded = 0  # tracked events that got their outcome at once
@@ -211,11 +214,14 @@ class Ledger:
                 left = len(flush.pending)
         return left
 
-    def wake_flushes(self) -> None:
-        """Wake every ``wait_for`` to ask its ``give_up`` again (the token was refused)."""
+    def wake_waiters(self) -> None:
+        """The token was refused: wake every ``wait_for`` (to ask its ``give_up``) and every
+        ``wait_final`` (to ask ``refusing``) again."""
         with self._lock:
             for flush in self._flushes:
                 flush.done.set()
+            for waiting in self._waits.values():
+                waiting.set()
 
     def wait_final(self, result: Tracked, timeout_s: Optional[float]) -> None:
         """Block until ``result`` has its final outcome, or ``timeout_s`` (None: no bound)."""
@@ -228,7 +234,16 @@ class Ledger:
             if result._final is not None:  # resolved while the wait was being listed
                 del self._waits[result._seq]
                 return
-        waiting.wait(timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        # Asked after listing the wait: a ``wake_waiters`` from now on finds it.
+        while not self.refusing():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not waiting.wait(remaining):
+                return
+            with self._lock:  # resolved, or woken by ``wake_waiters``
+                if result._final is not None:
+                    return
+                waiting.clear()  # still listed: only its resolution unlists it
 
     def pending(self) -> int:
         """How many admitted events have no outcome yet."""

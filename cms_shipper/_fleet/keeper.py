@@ -23,37 +23,25 @@ delivered by this process alone, as without fleet mode, until it is back.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from typing import Any, Optional, Union
-
-import redis
+from typing import Optional, Union
 
 from cms_shipper._config import Settings
 from cms_shipper._durability import Durability, DurabilityStats, Host, Q
 from cms_shipper._engine import EventQueue
 from cms_shipper._fleet import scripts
 from cms_shipper._fleet.health import TICK_S, FleetHealth
-from cms_shipper._fleet.link import Link
-from cms_shipper._fleet.records import decode, encode
+from cms_shipper._fleet.member import BEAT_S, REDIS_ERRORS, Claim, Member
+from cms_shipper._fleet.records import decode
 from cms_shipper._log import logger
 from cms_shipper.results import Outcome, Reason, Result, Tracked
 
-__all__ = ["BEAT_S", "MEMBER_TTL_S", "FleetKeeper", "in_fleet"]
+__all__ = ["FleetKeeper", "in_fleet"]
 
-BEAT_S = 1.0  # how often a member renews its key and reaps the dead's claims
-MEMBER_TTL_S = 4.0  # a member that renewed nothing for this long is dead to the fleet
 POLL_S = 0.05  # an idle fleet thread looks for work this often
 _PUSH_BATCH = 500
-_SEEN_TTL_S = 7 * 24 * 3600  # a push retried within this long adds nothing twice
-_NOTICE_TTL_MS = 3_600_000
-_REDIS_ERRORS = (redis.RedisError, OSError, ValueError)
 # Outcomes that leave the event in the fleet queue (nothing the server said makes it hopeless).
 _KEEP = {
     (Outcome.FAILED, Reason.RETRIES_EXHAUSTED),
@@ -93,15 +81,8 @@ class FleetKeeper:
         self._fresh()
 
     def _fresh(self) -> None:
-        self.member = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._link = Link(self._url)
+        self._member = Member(self._url, self._prefix)
         self._lock = threading.Lock()
-        self._mine: dict[str, Tracked] = {}  # tracked here, in the fleet queue, no outcome yet
-        self._held: dict[str, str] = {}  # customer -> id of the head this member claimed
-        self._behalf: dict[str, str] = {}  # id -> live member it was claimed for
-        self._unpushed: deque[Tracked] = deque()  # a push whose reply was lost: retried
-        self._acks: deque[tuple[str, str]] = deque()  # (customer, id) acks that failed
-        self._acking = 0  # acks on their way (a sender's thread)
         self._intake: Optional[EventQueue[Tracked]] = None
         self._claimed: EventQueue[Tracked] = EventQueue(
             2 * self._settings.max_queue_size + self._cap, 1
@@ -113,11 +94,8 @@ class FleetKeeper:
         self._wake = threading.Event()
         self._halted = False
         self._closed = False
-        self.pushed = 0
-        self.delivered_for_others = 0
         self.direct = 0
         self.errors = 0
-        self._view: dict[str, Any] = {"members": 0, "queue_depth": 0, "claims": 0}
 
     # -- the port: wiring -----------------------------------------------------------------
 
@@ -171,7 +149,7 @@ class FleetKeeper:
     def hold_back(self, item: Tracked) -> Union[Result, float, None]:
         """A claimed head goes now (its claim is the customer's turn); others ask the local part."""
         event = item.event
-        if event is not None and self._held.get(event.customer_key) == event.event_id:
+        if event is not None and self._member.held.get(event.customer_key) == event.event_id:
             return None
         return self._local.hold_back(item)
 
@@ -186,7 +164,7 @@ class FleetKeeper:
                 out[i] = self._settle_fleet(item, final)
             else:
                 rest.append(i)
-        if rest and self._link.up and self._push([items[i] for i in rest], self._link.client()):
+        if rest and self._member.link.up and self._push([items[i] for i in rest]):
             for i in rest:
                 out[i] = in_fleet(finals[i])
             rest = []
@@ -205,180 +183,90 @@ class FleetKeeper:
     def _in_fleet(self, item: Tracked) -> bool:
         event = item.event
         assert event is not None  # noqa: S101  # checked by the callers
-        eid = event.event_id
-        return eid in self._mine or self._held.get(event.customer_key) == eid
+        eid, member = event.event_id, self._member
+        return eid in member.mine or member.held.get(event.customer_key) == eid
 
     def _settle_fleet(self, item: Tracked, final: Result) -> Result:
         event = item.event
         assert event is not None  # noqa: S101
-        customer, eid = event.customer_key, event.event_id
+        customer, eid, member = event.customer_key, event.event_id, self._member
         keep = (final.outcome, final.reason) in _KEEP
-        with self._lock:
-            held = self._held.get(customer) == eid
+        with member.lock:
+            held = member.held.get(customer) == eid
             if held:
-                del self._held[customer]
-            own = self._mine.pop(eid, None) is not None
-            origin = self._behalf.pop(eid, None)
+                del member.held[customer]
+            own = member.mine.pop(eid, None) is not None
+            origin = member.behalf.pop(eid, None)
         if held and keep:
             # Its retries ran out: the fleet tries again after the longest backoff.
             delay = 0.0 if final.outcome is Outcome.DROPPED else self._settings.retry_max_backoff_s
-            self._release([(customer, eid if own else "")], delay)
+            member.release([(customer, eid if own else "")], delay)
         elif held:
-            self._ack(customer, eid, origin, final)
+            claiming = not (self._halted and not member.mine)
+            nxt = member.ack(customer, eid, origin, final, claiming)
+            if nxt is not None:
+                self._queue_claim(nxt)
         return in_fleet(final) if keep else final
-
-    # -- Redis calls from a sender's thread -------------------------------------------------
-
-    def _ack(self, customer: str, eid: str, origin: Optional[str], final: Result) -> None:
-        with self._lock:
-            self._acking += 1  # its reply may hand this member a claim: no reconciling now
-        try:
-            client = self._link.client()
-            keep = "0" if self._halted and not self._mine else "1"
-            args = [self._prefix, self.member, customer, eid, _now_ms(), keep]
-            nxt = scripts.run(client, scripts.ACK, *args)
-            if origin is not None:
-                self._notify(client, origin, final)
-            if nxt:
-                self._queue_claim(customer, nxt[0], bool(nxt[1]))
-        except _REDIS_ERRORS as exc:
-            self._link.failed(exc)
-            self._acks.append((customer, eid))
-        finally:
-            with self._lock:
-                self._acking -= 1
-
-    def _notify(self, client: redis.Redis, origin: str, final: Result) -> None:
-        notice = {k: final[k] for k in ("success", "status_code", "message", "error", "data")}
-        notice.update(
-            event_id=final.event_id,
-            details=final.details,
-            outcome=str(final.outcome),
-            reason=str(final.reason),
-        )
-        key = f"{self._prefix}done:{origin}"
-        pipe = client.pipeline(transaction=False)
-        pipe.rpush(key, json.dumps(notice, default=str))
-        pipe.pexpire(key, _NOTICE_TTL_MS)
-        pipe.execute()
-        self.delivered_for_others += 1
-
-    def _release(self, claims: list[tuple[str, str]], delay_s: float) -> None:
-        if not claims:
-            return
-        args: list[Any] = [self._prefix, self.member, _now_ms() + int(delay_s * 1000)]
-        for customer, orphan in claims:
-            args += [customer, orphan]
-        try:
-            scripts.run(self._link.client(), scripts.RELEASE, *args)
-        except _REDIS_ERRORS as exc:  # the claims lapse with this member's key instead
-            self._link.failed(exc)
 
     # -- the fleet thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        member = self._member
         next_beat = next_tick = 0.0
         while not self._stop.is_set():
             busy = False
-            if self._link.usable():
+            if member.link.usable():
                 try:
-                    client = self._link.client()
                     now = time.monotonic()
                     if now >= next_beat:
-                        self._beat(client)
+                        member.beat()
                         next_beat = now + BEAT_S
-                    self._link.worked()
-                    busy = self._drain(client) | self._claim(client)
-                    self._retry_acks(client)
-                    self._read_notices(client)
+                        self._join_health()
+                    member.link.worked()
+                    busy = self._drain() | self._claim()
+                    member.retry_acks()
+                    self._read_notices()
                     if self._health is not None and now >= next_tick:
                         self._health.tick()
                         next_tick = now + TICK_S
-                except _REDIS_ERRORS as exc:
-                    self._link.failed(exc)
+                except REDIS_ERRORS as exc:
+                    member.link.failed(exc)
                 except Exception:  # a bug of ours must not end the fleet thread
                     self.errors += 1
                     logger.exception("unexpected error in the fleet thread")
-            if not self._link.up:
+            if not member.link.up:
                 busy = self._direct() or busy
             if not busy:
                 self._wake.wait(POLL_S)
                 self._wake.clear()
 
-    def _beat(self, client: redis.Redis) -> None:
-        now = _now_ms()
-        p = self._prefix
-        pipe = client.pipeline(transaction=False)
-        pipe.set(p + "m:" + self.member, "1", px=int(MEMBER_TTL_S * 1000))
-        pipe.zadd(p + "members", {self.member: now})
-        pipe.zremrangebyscore(p + "members", 0, now - int(MEMBER_TTL_S * 1000))
-        pipe.eval(scripts.REAP, 0, p, now)
-        pipe.zcard(p + "members")
-        pipe.get(p + "depth")
-        pipe.hgetall(p + "claims")
-        *_, members, depth, claims = pipe.execute()
-        self._view = {"members": members, "queue_depth": int(depth or 0), "claims": len(claims)}
-        self._reconcile(claims)
+    def _join_health(self) -> None:
         if self._health is None and self._host is not None:
-            gate = self._host.gate
-            rpm = self._settings.max_requests_per_minute
-            self._health = FleetHealth(client, p, self.member, gate, rpm)
+            member, rpm = self._member, self._settings.max_requests_per_minute
+            self._health = FleetHealth(member.client(), member.prefix, member.name,
+                                       self._host.gate, rpm)  # fmt: skip
 
-    def _reconcile(self, claims: dict[bytes, bytes]) -> None:
-        """Give back claims Redis holds for this member that it never heard of.
-
-        A claim whose reply was lost (the link broke mid-call) would otherwise hold its
-        customer for as long as this member lives.
-        """
-        me = self.member.encode()
-        with self._lock:
-            if self._acking or self._acks:
-                return  # an ack's reply may still bring its claim: next beat
-            lost = [
-                c.decode() for c, m in claims.items() if m == me and c.decode() not in self._held
-            ]
-        if lost:
-            logger.debug("giving back %d claim(s) whose reply was lost", len(lost))
-            self._release([(c, "") for c in lost], 0.0)
-
-    def _drain(self, client: redis.Redis) -> bool:
+    def _drain(self) -> bool:
         """Push what was tracked here (a lost reply's batch first)."""
-        intake = self._intake
-        if self._unpushed:
-            batch = list(self._unpushed)
-            if not self._push(batch, client):
+        intake, member = self._intake, self._member
+        if member.unpushed:
+            batch = list(member.unpushed)
+            if not self._push(batch):
                 return False
-            self._unpushed.clear()
+            member.unpushed.clear()
         if intake is None:
             return False
         items = intake.take(_PUSH_BATCH)
         if not items:
             return False
-        if not self._push(items, client):
-            self._unpushed.extend(items)  # maybe in Redis already: pushed again, never sent here
+        if not self._push(items):
+            member.unpushed.extend(items)  # maybe in Redis already: pushed again, never sent here
         intake.task_done(len(items))
         return True
 
-    def _push(self, items: list[Tracked], client: redis.Redis) -> bool:
-        args: list[Any] = [self._prefix, _now_ms(), _SEEN_TTL_S]
-        for item in items:
-            event = item.event
-            if event is not None:
-                args += [event.customer_key, event.event_id, encode(self.member, event)]
-        with self._lock:  # before the push: a claim may come back before its reply
-            for item in items:
-                if item.event is not None:
-                    self._mine[item.event.event_id] = item
-        try:
-            scripts.run(client, scripts.PUSH, *args)
-        except _REDIS_ERRORS as exc:
-            with self._lock:
-                for item in items:
-                    if item.event is not None:
-                        self._mine.pop(item.event.event_id, None)
-            self._link.failed(exc)
+    def _push(self, items: list[Tracked]) -> bool:
+        if not self._member.push(items):
             return False
-        self.pushed += len(items)
         kept = [item for item in items if item._kept]
         if kept:  # safe in Redis: the local copies (journal records, spool rows) let go
             self._local.settle(kept, [in_fleet(_handed(item)) for item in kept])
@@ -386,67 +274,46 @@ class FleetKeeper:
                 item._kept = 0
         return True
 
-    def _claim(self, client: redis.Redis) -> bool:
-        want = self._cap - len(self._held)
-        if want <= 0 or (self._halted and not self._mine) or self._host is None:
+    def _claim(self) -> bool:
+        member = self._member
+        want = self._cap - len(member.held)
+        if want <= 0 or (self._halted and not member.mine) or self._host is None:
             return False
-        got = scripts.run(
-            client, scripts.CLAIM, self._prefix, self.member, _now_ms(), want, self._cap
-        )
-        for i in range(0, len(got), 3):
-            self._queue_claim(got[i].decode("utf-8"), got[i + 1], bool(got[i + 2]))
+        got = member.claim(want, self._cap)
+        for claim in got:
+            self._queue_claim(claim)
         return bool(got)
 
-    def _queue_claim(self, customer: str, raw: bytes, origin_alive: bool) -> None:
-        host = self._host
+    def _queue_claim(self, claim: Claim) -> None:
+        host, member = self._host, self._member
         assert host is not None  # noqa: S101  # claims start after attach
+        customer, raw, origin_alive = claim
         try:
             record = decode(raw)
         except (ValueError, KeyError, TypeError, IndexError):
             self.errors += 1
             logger.error("dropping an unreadable entry of the fleet queue (customer %r)", customer)
-            head = raw.split(b"\n", 2)[1].decode("utf-8", "replace") if raw.count(b"\n") else ""
-            scripts.run(
-                self._link.client(),
-                scripts.ACK,
-                self._prefix,
-                self.member,
-                customer,
-                head,
-                _now_ms(),
-                "0",
-            )
+            member.drop_unreadable(customer, raw)
             return
         event = record.event
         eid = event.event_id
-        with self._lock:
-            self._held[customer] = eid
-            item = self._mine.get(eid) if record.origin == self.member else None
-            if item is None and record.origin and record.origin != self.member and origin_alive:
-                self._behalf[eid] = record.origin
+        with member.lock:
+            member.held[customer] = eid
+            item = member.mine.get(eid) if record.origin == member.name else None
+            if item is None and record.origin and record.origin != member.name and origin_alive:
+                member.behalf[eid] = record.origin
         if item is None:
             item = Tracked(event)
-            if eid not in self._behalf:
+            if eid not in member.behalf:
                 host.admit(item)  # nobody else waits for it: this member's books count it
         self._claimed.put(item)
         host.start_senders()
 
-    def _retry_acks(self, client: redis.Redis) -> None:
-        while self._acks:
-            customer, eid = self._acks[0]
-            scripts.run(
-                client, scripts.ACK, self._prefix, self.member, customer, eid, _now_ms(), "0"
-            )
-            self._acks.popleft()
-
-    def _read_notices(self, client: redis.Redis) -> None:
-        if not self._mine:
-            return
-        raw: Any = client.lpop(f"{self._prefix}done:{self.member}", 200)
-        for entry in raw or ():
-            notice = json.loads(entry)
-            with self._lock:
-                item = self._mine.pop(notice["event_id"], None)
+    def _read_notices(self) -> None:
+        member = self._member
+        for notice in member.notices():
+            with member.lock:
+                item = member.mine.pop(notice["event_id"], None)
             if item is None or self._host is None:
                 continue
             notice["outcome"] = Outcome(notice["outcome"])
@@ -479,47 +346,34 @@ class FleetKeeper:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(2 * BEAT_S)
-        with self._lock:
-            claims = [(c, eid if eid in self._mine else "") for c, eid in self._held.items()]
-            self._held.clear()
-        if self._link.up:
-            self._release(claims, 0.0)
-            try:
-                client = self._link.client()
-                client.delete(self._prefix + "m:" + self.member)
-                client.zrem(self._prefix + "members", self.member)
-            except _REDIS_ERRORS:
-                logger.debug("leaving the fleet: Redis did not answer", exc_info=True)
-        self._link.close()
+        self._member.leave()
         self._local.close()
 
     def stats(self) -> DurabilityStats:
         """The local part's counters, and the fleet as this member sees it."""
         out = self._local.stats()
-        health = self._health
+        health, member = self._health, self._member
+        link = member.link
         out["fleet"] = {
-            "redis": self._link.where,
-            "link": "up" if self._link.up else "down" if self._link.lost_at else "connecting",
-            "link_error": None if self._link.up else self._link.last_error,
-            "member": self.member,
-            "members": self._view["members"],
-            "queue_depth": self._view["queue_depth"],
-            "claims": self._view["claims"],
-            "claimed_here": len(self._held),
+            "redis": link.where,
+            "link": "up" if link.up else "down" if link.lost_at else "connecting",
+            "link_error": None if link.up else link.last_error,
+            "member": member.name,
+            "members": member.view["members"],
+            "queue_depth": member.view["queue_depth"],
+            "claims": member.view["claims"],
+            "claimed_here": len(member.held),
             "paused_by": health.paused_by if health is not None else None,
-            "pushed": self.pushed,
-            "delivered_for_others": self.delivered_for_others,
+            "pushed": member.pushed,
+            "delivered_for_others": member.delivered_for_others,
             "sent_without_fleet": self.direct,
             "errors": self.errors,
         }
         return out
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _handed(item: Tracked) -> Result:
+    """What the local part is told of an event now safe in Redis: it may let go of it."""
     return Result(
         success=False,
         message="handed to the fleet",

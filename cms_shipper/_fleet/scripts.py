@@ -3,11 +3,15 @@
 Everything of one token lives under one prefix, ``cms-shipper:<hash of the token>:``, so
 two tokens sharing a Redis never mix and the token itself never reaches Redis:
 
-- ``q:<customer>``: a list, the customer's events in the order they reached the fleet.
-  Each entry is ``origin \\n event id \\n event JSON`` (``origin`` is the member that tracked
-  it, or empty once nobody waits for its outcome).
+- ``q:<customer>``: a list, the customer's events in the order they were tracked, whichever
+  member tracked them (``PUSH`` puts an event pushed late, by a member that was slower to
+  reach Redis, before the later-tracked events of other members that are not yet sent).
+  Each entry is ``origin \\n event id \\n tracked_us \\n event JSON`` (``origin`` is the
+  member that tracked it, or empty once nobody waits for its outcome).
 - ``ready``: a sorted set of customers whose head may be claimed, scored by the time (ms)
-  from which it may (a customer whose retry is parked there waits for its score).
+  from which it may (a customer whose retry is parked there waits for its score). A new
+  customer's head waits ``ORDER_WINDOW_MS`` after it was tracked, so that an earlier event
+  of that customer still on its way from another member can take its place first.
 - ``claims``: a hash, customer -> member, for customers whose head a member is sending.
   At most one claim per customer: at most one request per customer in the whole fleet.
 - ``m:<member>``: a key with a short expiry that a live member keeps renewing; ``members``
@@ -28,7 +32,23 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["ACK", "CLAIM", "DROP_PROBE", "PUSH", "REAP", "RELEASE", "namespace", "run"]
+__all__ = [
+    "ACK",
+    "CLAIM",
+    "DROP_PROBE",
+    "ORDER_WINDOW_MS",
+    "PUSH",
+    "REAP",
+    "RELEASE",
+    "namespace",
+    "run",
+]
+
+# How long a customer's head waits, after it was tracked, before it may be claimed: a member
+# pushes what it tracked within milliseconds, and a process's first push (thread start,
+# connection) within tens; an earlier event of the same customer arriving meanwhile from
+# another member goes first. Small against the client's own batching (``flush_interval_s``).
+ORDER_WINDOW_MS = 100
 
 
 def run(client: Any, script: str, *args: Any) -> Any:
@@ -44,8 +64,8 @@ def namespace(token: str) -> str:
 
 _HEAD = """
 local function parse(rec)
-  local origin, id = string.match(rec, '^([^\\n]*)\\n([^\\n]*)\\n')
-  return origin, id
+  local origin, id, at = string.match(rec, '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n')
+  return origin, id, tonumber(at)
 end
 local function alive(p, origin)
   if origin == '' then return 0 end
@@ -53,19 +73,38 @@ local function alive(p, origin)
 end
 """
 
-# ARGV: prefix, now_ms, seen_ttl_s, then (customer, event id, record) per event.
+# ARGV: prefix, now_ms, seen_ttl_s, order_window_ms, then (customer, event id, tracked_us,
+# record) per event. An event goes after its customer's events tracked before it, after its
+# own member's (their order is the member's), and after a head being sent; before the rest.
 # Returns how many events were new (a retried push adds nothing twice).
 PUSH = (
     _HEAD
     + """
-local p, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p, now, ttl, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local added = 0
-for i = 4, #ARGV, 3 do
-  local c, id, rec = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 5, #ARGV, 4 do
+  local c, id, at, rec = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
   if redis.call('SET', p .. 'seen:' .. id, '1', 'NX', 'EX', ttl) then
-    redis.call('RPUSH', p .. 'q:' .. c, rec)
-    if redis.call('HEXISTS', p .. 'claims', c) == 0 then
-      redis.call('ZADD', p .. 'ready', 'NX', now, c)
+    local q = p .. 'q:' .. c
+    local claimed = redis.call('HEXISTS', p .. 'claims', c) == 1
+    local first = claimed and 1 or 0
+    local origin = parse(rec)
+    local pivot = nil
+    local k = redis.call('LLEN', q) - 1
+    while k >= first do
+      local other = redis.call('LINDEX', q, k)
+      local o, _, t = parse(other)
+      if o == origin or t == nil or t <= at then break end
+      pivot = other
+      k = k - 1
+    end
+    if pivot then
+      redis.call('LINSERT', q, 'BEFORE', pivot, rec)
+    else
+      redis.call('RPUSH', q, rec)
+    end
+    if not claimed then
+      redis.call('ZADD', p .. 'ready', 'NX', math.max(now, math.floor(at / 1000) + window), c)
     end
     added = added + 1
   end
@@ -112,13 +151,15 @@ return out
 )
 
 # ARGV: prefix, member, customer, event id, now_ms, keep (1: keep the claim and return the
-# customer's next record, if any). The event has its outcome: it leaves the queue if it is
-# still the customer's head; a claim that is still ours passes on. Returns {} or
-# {record, origin alive} when the claim was kept for the next record.
+# customer's next record, if any), order_window_ms. The event has its outcome: it leaves the
+# queue if it is still the customer's head; a claim that is still ours passes on, unless
+# the next record is younger than the order window (then it waits in ``ready``). Returns {}
+# or {record, origin alive} when the claim was kept for the next record.
 ACK = (
     _HEAD
     + """
-local p, me, c, id, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local p, me, c, id, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local window = tonumber(ARGV[7])
 local q = p .. 'q:' .. c
 local head = redis.call('LINDEX', q, 0)
 if head then
@@ -134,11 +175,14 @@ if not nxt then
   redis.call('HDEL', p .. 'claims', c)
   return {}
 end
-if keep == '1' then
-  return {nxt, alive(p, (parse(nxt)))}
+local origin, _, at = parse(nxt)
+local due = now
+if at then due = math.max(now, math.floor(at / 1000) + window) end
+if keep == '1' and due <= now then
+  return {nxt, alive(p, origin)}
 end
 redis.call('HDEL', p .. 'claims', c)
-redis.call('ZADD', p .. 'ready', now, c)
+redis.call('ZADD', p .. 'ready', due, c)
 return {}
 """
 )

@@ -160,21 +160,28 @@ def count_429(emulator: Emulator) -> int:
 def test_a_fleet_wastes_no_more_requests_on_the_limit_than_one_process(
     cms_emulator: Emulator, redis_server: RedisServer, start_member: Callable[..., Member]
 ) -> None:
-    # The documented limit scaled down: 5 requests per 2 s window, 429 without Retry-After.
-    cms_emulator.configure(rate_limit=5, rate_limit_window_s=2.0, rate_limit_retry_after=False)
-    leads = [("signup", f"cust-{i}", f"click-{i}") for i in range(20)]
-    one = start_member("one", cms_emulator, redis_server, leads, redis_url_off=True)
-    assert one.wait_stage("closed", 90.0)["close"]["delivered"] == 20
+    # The documented limit scaled down: 5 requests per 1 s window, 429 without Retry-After.
+    # One request in flight per process (the fleet's cap is then 1 too): what a process
+    # wastes at each window's end is then its one request, not a varying 0 to 4, so the
+    # counts are stable. On this machine (5 runs each): one process 5, the fleet of 3 5,
+    # and the same 3 processes without redis_url 8 or 9.
+    limit = {"rate_limit": 5, "rate_limit_window_s": 1.0, "rate_limit_retry_after": False}
+    options = {"max_concurrent_requests": 1}
+    leads = [("signup", f"cust-{i}", f"click-{i}") for i in range(30)]
+    cms_emulator.configure(**limit)
+    one = start_member("one", cms_emulator, redis_server, leads, redis_url_off=True,
+                       options=options)  # fmt: skip
+    assert one.wait_stage("closed", 90.0)["close"]["delivered"] == 30
     alone = count_429(cms_emulator)
     cms_emulator.reset()
-    cms_emulator.configure(rate_limit=5, rate_limit_window_s=2.0, rate_limit_retry_after=False)
-    fleet = [start_member(f"m{k}", cms_emulator, redis_server, leads[k::4]) for k in range(4)]
+    cms_emulator.configure(**limit)
+    fleet = [start_member(f"m{k}", cms_emulator, redis_server, leads[k::3], options=options)
+             for k in range(3)]  # fmt: skip
     for member in fleet:
-        assert member.wait_stage("closed", 90.0)["close"]["delivered"] == 5
+        assert member.wait_stage("closed", 90.0)["close"]["delivered"] == 10
     together = count_429(cms_emulator)
-    assert len(cms_emulator.events) == 20
-    print("429s", together, alone)
-    assert together <= alone + 2, (together, alone)
+    assert sorted(customers_in_order(cms_emulator)) == sorted(f"cust-{i}" for i in range(30))
+    assert together <= alone + 1, (together, alone)
 
 
 def test_what_never_reached_redis_survives_on_the_host_with_write_ahead(

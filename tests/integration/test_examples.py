@@ -195,8 +195,9 @@ def test_an_example_whose_event_is_rejected_says_so_and_exits_1(
     done = run_example(name, cms_emulator, token="not-the-emulators-token")  # 401
     assert done.returncode == 1, done.stdout + done.stderr
     # The token is the client's trouble: sending pauses (one ERROR line) and the event
-    # waits; the example's wait() ends without an answer and it says so.
+    # waits; the example's wait() returns at once without an answer, and says why.
     assert "Error:" in done.stdout, done.stdout
+    assert "the API refused the token" in done.stdout, done.stdout
     assert "the API refused the token (HTTP 401)" in done.stderr, done.stderr
     assert "tracked:" not in done.stdout  # no success line for a rejected event
     assert cms_emulator.events == []

@@ -76,6 +76,9 @@ def test_sending_resumes_when_the_probe_finds_the_token_accepted(
         results = [client.track_lead(f"lead-{i}", f"c{i}", click_id="k") for i in range(10)]
         assert wait_until(lambda: refused(client), 10.0)
         cms_emulator.configure(token="the-new-token-x")  # the API accepts it again
+        # While the token is refused wait() returns at once (nothing can be sent); the
+        # probe then finds it accepted and the events go.
+        assert wait_until(lambda: not refused(client), 10.0)
         finals = [r.wait(20.0) for r in results]
         assert [f.outcome for f in finals] == [Outcome.DELIVERED] * 10
         assert client.stats()["circuit"] == "closed"
@@ -114,3 +117,23 @@ def test_close_does_not_wait_out_its_budget_for_events_a_refused_token_cannot_se
     assert {r.wait(0).reason for r in results} == {"unauthorized"}
     assert "3 event(s) not delivered at close: the API refused the token" in caplog.text
     assert "shutdown budget" not in caplog.text
+
+
+def test_wait_returns_at_once_saying_the_token_is_refused(cms_emulator: Emulator) -> None:
+    # The README's advice for the vendor's meaning of success is ``r.wait(10).success``: with
+    # a refused token it must not sit out its timeout, and must say why nothing was sent.
+    options = {**FAST, "flush_interval_s": 30.0}
+    client = CMSClient(token="a-rotated-token", host=cms_emulator.url, **options)
+    first = client.track_lead("lead-0", "c0", click_id="k")
+    waiting = client.track_lead("lead-1", "c1", click_id="k")
+    client.flush(0)  # wakes the senders: the first request is answered 401
+    started = time.monotonic()
+    answer = waiting.wait(60.0)
+    took = time.monotonic() - started
+    assert took < 30.0, took
+    assert not answer.success and answer.queued and answer.outcome is None
+    assert "the API refused the token (HTTP 401)" in (answer.error or ""), answer
+    assert "a-rotated-token" not in repr(answer)
+    # Once refused, a new wait returns at once too.
+    assert "refused the token" in (first.wait(60.0).error or "")
+    client.close(0)
