@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import sqlite3
+import sys
 from typing import Optional
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Reserve",
     "budget",
     "checkpoint",
+    "free_bytes",
     "is_full",
     "on_disk",
     "tune",
@@ -81,9 +83,14 @@ def on_disk(path: str, directory: Optional[str] = None) -> int:
     return total
 
 
-def budget(db: sqlite3.Connection, path: str, max_bytes: int) -> tuple[int, int]:
+def budget(
+    db: sqlite3.Connection, path: str, max_bytes: Optional[int], keep: int
+) -> tuple[int, int]:
     """``(size, limit)`` for ``rows.insert`` inside a write transaction: rows go in while
-    the pages in use stay under ``limit``, the bound less every other file's bytes.
+    the pages in use stay under ``limit``: the bound less every other file's bytes, and
+    what the disk has free less ``keep`` (the reserve's size while it is missing: what a
+    checkpoint that grows the database needs; rows committed past it would leave the
+    WAL's pages nowhere to go).
 
     Free pages are reused before the file grows, so the database's pages in use count,
     not its length; but a file already as long as the rest leaves room (limit 0: none).
@@ -92,10 +99,23 @@ def budget(db: sqlite3.Connection, path: str, max_bytes: int) -> tuple[int, int]
         int(db.execute(f"PRAGMA {name}").fetchone()[0])
         for name in ("page_count", "freelist_count", "page_size")
     )
-    others = on_disk(path) - _size(path)
-    if pages * page + others > max_bytes:
-        return (pages - free) * page, 0
-    return (pages - free) * page, max_bytes - others
+    used = (pages - free) * page
+    limit = used + free * page + max(0, free_bytes(path) - keep)
+    if max_bytes is not None:
+        others = on_disk(path) - _size(path)
+        if pages * page + others > max_bytes:
+            return used, 0
+        limit = min(limit, max_bytes - others)
+    return used, limit
+
+
+def free_bytes(path: str) -> int:
+    """Bytes free for us on the filesystem of the spool at ``path`` (unknown: no limit)."""
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except (OSError, AttributeError):
+        return sys.maxsize
+    return stat.f_bavail * stat.f_frsize
 
 
 def is_full(exc: BaseException) -> bool:
@@ -106,10 +126,10 @@ def is_full(exc: BaseException) -> bool:
     return "full" in str(exc).lower()
 
 
-def checkpoint(db: sqlite3.Connection) -> bool:
-    """Copy the WAL into the database and truncate it to zero; False if a reader or
-    writer held part of it back (the rest waits for the next one)."""
-    row = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+def checkpoint(db: sqlite3.Connection, mode: str = "TRUNCATE") -> bool:
+    """Copy the WAL into the database and start it again from the beginning (``TRUNCATE``:
+    and give its space back); False if a reader or writer held part of it back."""
+    row = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     return bool(row is not None and row[0] == 0)
 
 
@@ -143,6 +163,10 @@ class Reserve:
             return False
         os.close(fd)
         return True
+
+    def missing(self) -> int:
+        """Its size while it is not on disk (room to keep free for it), else 0."""
+        return 0 if os.path.exists(self.path) else self.size
 
     def free(self) -> bool:
         """Give the reserve's bytes back to the filesystem; False if there was none."""

@@ -35,9 +35,18 @@ from typing import NamedTuple, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool.disk import on_disk
+from cms_shipper._spool.disk import free_bytes, on_disk, wal_limit
 
-__all__ = ["FAILED", "FULL", "Journal", "JournalError", "Live", "journal_files", "read_live"]
+__all__ = [
+    "FAILED",
+    "FULL",
+    "Journal",
+    "JournalError",
+    "Live",
+    "journal_files",
+    "mark_done",
+    "read_live",
+]
 
 FULL = 0  # write(): over max_bytes, not stored
 FAILED = -1  # write(): this event cannot be stored (encoding, or the journal failed)
@@ -159,7 +168,10 @@ class Journal:
         return segment
 
     def _fits(self) -> bool:
-        """True if one more file keeps every file of the spool within ``max_bytes``."""
+        """True if one more file keeps every file of the spool within ``max_bytes`` and
+        leaves room on the disk for the WAL to be checkpointed."""
+        if free_bytes(self._spool) < SEGMENT_BYTES + wal_limit(self._max_bytes):
+            return False
         return (
             self._max_bytes is None
             or on_disk(self._spool, self._directory) + SEGMENT_BYTES <= self._max_bytes
@@ -296,10 +308,30 @@ class _Full(Exception):
 
 
 class Live(NamedTuple):
-    """The live records of a dead owner's journal files."""
+    """The live records of a dead owner's journal files (and where each is: file, offset)."""
 
     events: list[Event]
     files: list[str]
+    where: list[tuple[str, int]]
+
+
+def mark_done(where: list[tuple[str, int]]) -> None:
+    """Mark records of a dead owner's files done (one byte each, in place: no new space)."""
+    by_file: dict[str, list[int]] = {}
+    for path, offset in where:
+        by_file.setdefault(path, []).append(offset)
+    for path, offsets in by_file.items():
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            for offset in offsets:
+                os.pwrite(fd, bytes([_DONE]), offset + 8)
+        except OSError as exc:
+            logger.warning("cannot mark records done in %s: %s", path, exc)
+        finally:
+            os.close(fd)
 
 
 def journal_files(directory: str) -> dict[str, list[str]]:
@@ -314,6 +346,7 @@ def journal_files(directory: str) -> dict[str, list[str]]:
 def read_live(files: list[str]) -> Live:
     """Every live record in ``files``, oldest first; torn or corrupt ones are skipped."""
     events: list[Event] = []
+    where: list[tuple[str, int]] = []
     for path in files:
         try:
             with open(path, "rb") as file:
@@ -333,7 +366,8 @@ def read_live(files: list[str]) -> Live:
                 try:
                     event_id, endpoint, _customer, payload, tracked_at, timestamp = json.loads(body)
                     events.append(Event.of(event_id, endpoint, payload, tracked_at, timestamp))
+                    where.append((path, offset))
                 except (ValueError, TypeError) as exc:
                     logger.warning("skipped a bad record in %s: %s", path, exc)
             offset += _HEADER + length
-    return Live(events, files)
+    return Live(events, files, where)

@@ -27,6 +27,7 @@ event's payload, never the token.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import secrets
@@ -41,7 +42,7 @@ from typing import Any, Callable, Optional, Union
 from cms_shipper._events import Event
 from cms_shipper._log import logger
 from cms_shipper._spool import disk, rows
-from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError
+from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError, mark_done
 from cms_shipper._spool.order import Lines
 from cms_shipper._spool.owners import Owners, name_of, take_over_dead
 from cms_shipper._spool.rows import Added, JournalRecord
@@ -68,7 +69,17 @@ __all__ = [
     "SpoolStatus",
 ]
 
+TAKE_CHUNK = 200  # records of dead owners' journals taken over per pass on a full disk
+TAKE_ROW_BYTES = 2048  # what such a record may take in the database's free pages, at most
 _FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
+
+
+def _with_cap(
+    work: Callable[[sqlite3.Connection, Optional[int]], None],
+    cap: Optional[int],
+    db: sqlite3.Connection,
+) -> None:
+    work(db, cap)
 
 
 def _transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -112,6 +123,7 @@ class Spool:
         self._pid = os.getpid()
         self._owners = Owners(self.path)
         self._reserve = disk.Reserve(self.path, disk.wal_limit(max_bytes))
+        self._chunked = False  # a full disk: dead owners' journals are taken over in chunks
         self.lines = Lines()  # which customers wait for their spooled events
         self.journal = self._journal()
         self._open()
@@ -221,18 +233,20 @@ class Spool:
 
     def _make_room(self, db: sqlite3.Connection) -> bool:
         """The disk is full: free the reserve and truncate the WAL; True if either helped."""
+        # The reserve's bytes let the checkpoint grow the database; RESTART (not TRUNCATE)
+        # keeps the WAL's file, so the next transactions reuse its space from the start.
         freed = self._reserve.free()
         try:
-            truncated = disk.checkpoint(db)
+            restarted = disk.checkpoint(db, "RESTART")
         except sqlite3.Error:
-            truncated = False
-        if freed or truncated:
+            restarted = False
+        if freed or restarted:
             logger.warning(
                 "the disk of the spool %s is full; %s to go on",
                 self.path,
-                "freed its reserve and truncated its WAL" if freed else "truncated its WAL",
+                "freed its reserve and checkpointed" if freed else "checkpointed",
             )
-        return freed or truncated
+        return freed or restarted
 
     def keep_small(self, busy_s: float = 0.05) -> None:
         """Truncate a WAL grown past its limit; make the reserve again once there is room."""
@@ -321,10 +335,9 @@ class Spool:
 
     def _budget(self, db: sqlite3.Connection) -> tuple[int, Optional[int]]:
         """Pages in use, and the limit rows may take them to: the bound less every other
-        file of the spool (WAL, journals of every process, the reserve)."""
-        if self._max_bytes is None:
-            return 0, None
-        return disk.budget(db, self.path, self._max_bytes)
+        file of the spool (WAL, journals of every process, the reserve), and the disk's
+        free bytes less room for the reserve while it is missing."""
+        return disk.budget(db, self.path, self._max_bytes, self._reserve.missing())
 
     def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
         """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order."""
@@ -332,40 +345,75 @@ class Spool:
             return []
         now = self._clock()
         dead: list[str] = []
+        taken: list[tuple[str, int]] = []
         events: list[Event] = []
         counts: dict[str, int] = {}
 
-        def work(db: sqlite3.Connection) -> None:
-            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+        def work(db: sqlite3.Connection, cap: Optional[int]) -> None:
+            taken.clear()
+            dead[:] = self._take_over(db, now, cap, taken)
             events[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
             counts.clear()
-            if dead:  # their rows wait now: count them (lines would miss them till refresh)
+            if dead or taken:  # their rows wait now: count them (lines would miss them)
                 counts.update(rows.waiting(db, self.owner, now))
 
         def committed() -> None:
             self.lines.claimed(events)
-            if dead:
+            if dead or taken:
                 self.lines.recount(counts)
 
-        self._run(work, busy_s, committed)
-        self._bury(dead)
+        self._taking_over(work, busy_s, committed, taken)
+        self._bury(dead, taken)
         return events
 
     def refresh(self, busy_s: Optional[float] = None) -> None:
         """Take over dead owners' events and recount the customers waiting from the file."""
         now = self._clock()
         dead: list[str] = []
+        taken: list[tuple[str, int]] = []
         counts: dict[str, int] = {}
 
-        def work(db: sqlite3.Connection) -> None:
-            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+        def work(db: sqlite3.Connection, cap: Optional[int]) -> None:
+            taken.clear()
+            dead[:] = self._take_over(db, now, cap, taken)
             counts.clear()
             counts.update(rows.waiting(db, self.owner, now))
 
-        self._run(work, busy_s, committed=lambda: self.lines.recount(counts))
-        self._bury(dead)
+        self._taking_over(work, busy_s, lambda: self.lines.recount(counts), taken)
+        self._bury(dead, taken)
 
-    def _bury(self, dead: list[str]) -> None:
+    def _take_over(
+        self, db: sqlite3.Connection, now: float, cap: Optional[int], taken: list[tuple[str, int]]
+    ) -> list[str]:
+        until = now + self._lease_s
+        if cap:  # a full disk: only as many as the database's free pages hold (no growth)
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            cap = min(cap, free * db.execute("PRAGMA page_size").fetchone()[0] // TAKE_ROW_BYTES)
+        return take_over_dead(db, self._owners, self.owner, now, until, cap, taken)
+
+    def _taking_over(
+        self,
+        work: Callable[[sqlite3.Connection, Optional[int]], None],
+        busy_s: Optional[float],
+        committed: Callable[[], None],
+        taken: list[tuple[str, int]],
+    ) -> None:
+        """Run ``work``, which takes dead owners' journals over. On a full disk, take over
+        ``TAKE_CHUNK`` records a pass (until all are in), then none: the rows already in
+        the file still drain, and their pages make room for the next chunk."""
+        caps: list[Optional[int]] = [TAKE_CHUNK, 0] if self._chunked else [None, TAKE_CHUNK, 0]
+        for n, cap in enumerate(caps):
+            try:
+                self._run(functools.partial(_with_cap, work, cap), busy_s, committed)
+            except SpoolFull:
+                if n == len(caps) - 1:
+                    raise
+                continue
+            self._chunked = cap == 0 or bool(taken)
+            return
+
+    def _bury(self, dead: list[str], taken: Sequence[tuple[str, int]] = ()) -> None:
+        mark_done(list(taken))  # in the file now: never taken over twice
         for owner in dead:
             logger.info("took over the spool events of %s (it died)", owner)
             self._owners.bury(owner)
