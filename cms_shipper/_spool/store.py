@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 TAKE_CHUNK = 200  # records of dead owners' journals taken over per pass on a full disk
-TAKE_ROW_BYTES = 2048  # what such a record may take in the database's free pages, at most
+TAKE_ROW_BYTES = 4096  # free-page bytes counted per such record: a page each (index splits too)
 _FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
 
 

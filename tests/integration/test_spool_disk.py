@@ -120,8 +120,9 @@ def fill(path: Path, n: int, max_bytes: int, end: str) -> dict[str, object]:
     return report
 
 
-def drain(path: Path, expected: set[str], emulator: Emulator) -> None:
-    """A restarted client with the API up delivers every kept event (by name), each once."""
+def drain(path: Path, expected: set[str], emulator: Emulator, emptied: bool = True) -> None:
+    """A restarted client with the API up delivers every kept event (by name), each once,
+    and (``emptied``) removes their rows."""
     client = CMSClient(
         token=TOKEN, host=emulator.url, spool_path=str(path), spool_replay_interval_s=0.05
     )
@@ -131,7 +132,8 @@ def drain(path: Path, expected: set[str], emulator: Emulator) -> None:
             len(expected - delivered()),
             len(expected),
         )
-        assert wait_until(lambda: read_status(str(path)).total == 0, 10.0)
+        if emptied:
+            assert wait_until(lambda: read_status(str(path)).total == 0, 10.0)
     finally:
         client.close(5.0)
     counts = Counter(e.payload["eventName"] for e in emulator.events)
@@ -200,7 +202,10 @@ def test_a_full_disk_drops_spool_full_and_a_restarted_client_drains_it(
     assert os.statvfs(small_volume).f_bavail * os.statvfs(small_volume).f_frsize < 1280 * 1024
     # every drop is spool_full, and counted
     assert report["drops"] == {"spool_full": stats["dropped"]}, (report["drops"], stats)
-    drain(path, set(kept), cms_emulator)
+    # Not asserted here: that the delivered rows are all removed. On a loaded machine the
+    # disk can be too full for the last deletes (3 of 8 runs with two CPU hogs beside it):
+    # see docs/spool.md and the closing note of issue 16 (disk).
+    drain(path, set(kept), cms_emulator, emptied=False)
 
 
 def test_a_restarted_client_drains_a_spool_killed_at_its_bound(
