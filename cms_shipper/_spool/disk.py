@@ -39,7 +39,7 @@ __all__ = [
 # What the files may pass spool_max_bytes by: the WAL frames of the one transaction that
 # takes the spool to its bound (sizes are read before it), the shared-memory index, and
 # the pages of indexes a batch's rows add beyond their payloads' estimate.
-MARGIN_BYTES = 512 * 1024
+MARGIN_BYTES = 1024 * 1024
 RESERVE_NAME = "reserve"
 _JOURNALS = "*.journal"
 _SQLITE_FULL = 13  # the primary result code (sqlite3.SQLITE_FULL from Python 3.11)
