@@ -23,6 +23,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from cms_shipper._engine.wire import FinalResponse, HeaderLines
+
 __all__ = ["Slot", "Watchdog", "WatchedAdapter"]
 
 _current = threading.local()  # .slot: the attempt running in this thread, if armed
@@ -83,12 +85,12 @@ class _OneWrite:
         _note_sent()
 
 
-class _WatchedHTTPConnection(_OneWrite, HTTPConnection):
-    pass
+class _WatchedHTTPConnection(_OneWrite, HeaderLines, HTTPConnection):
+    response_class = FinalResponse
 
 
-class _WatchedHTTPSConnection(_OneWrite, HTTPSConnection):
-    pass
+class _WatchedHTTPSConnection(_OneWrite, HeaderLines, HTTPSConnection):
+    response_class = FinalResponse
 
 
 class _Pool(HTTPConnectionPool):

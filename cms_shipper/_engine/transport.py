@@ -6,13 +6,14 @@ no per-request header merging, hooks, cookies or environment look-ups. Every att
 bounded: connect and read timeouts per socket operation, their sum for the whole attempt
 (``_deadline``), at most ``MAX_REPLY_BYTES`` of a reply body read (the rest is discarded
 with the connection). Informational replies (``103 Early Hints``, ...) before the final
-answer are skipped. ``send`` never raises: failures come back as a ``Reply``.
+answer are skipped. The header lines written and the answer's head read are ``wire``'s
+fast paths (the same bytes, the same parse, a fraction of the CPU). ``send`` never
+raises: failures come back as a ``Reply``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -73,35 +74,6 @@ def parse_body(data: bytes, complete: bool) -> Any:
     return one_line(text) or None
 
 
-class _FinalResponse(http.client.HTTPResponse):
-    """A response that skips every informational (1xx) reply before the final one.
-
-    ``http.client`` skips ``100 Continue`` only: a ``103 Early Hints`` would be taken for
-    the answer (and the real one left on the connection for the next request to read).
-    ``101 Switching Protocols`` is final, as HTTP says.
-    """
-
-    def _read_status(self) -> tuple[str, int, str]:
-        while True:
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if not (100 < status < 200) or status == 101:
-                return version, status, reason
-            http.client.parse_headers(self.fp)  # the informational reply's headers
-
-
-_SKIPPING: dict[type, type] = {}
-
-
-def _skipping_informational(connection_cls: type) -> type:
-    """``connection_cls`` whose responses skip informational replies (one subclass each)."""
-    made = _SKIPPING.get(connection_cls)
-    if made is None:
-        made = _SKIPPING[connection_cls] = type(
-            connection_cls.__name__, (connection_cls,), {"response_class": _FinalResponse}
-        )
-    return made
-
-
 class _OneHostAdapter(WatchedAdapter):
     """requests' adapter, trimmed through its subclassing hooks for one fixed host.
 
@@ -121,9 +93,7 @@ class _OneHostAdapter(WatchedAdapter):
     ) -> Any:
         """The host's pool, looked up once (host, proxies and TLS settings never change)."""
         if self._pool is None:
-            pool: Any = super().get_connection_with_tls_context(request, verify, *args, **kwargs)
-            pool.ConnectionCls = _skipping_informational(pool.ConnectionCls)
-            self._pool = pool
+            self._pool = super().get_connection_with_tls_context(request, verify, *args, **kwargs)
         return self._pool
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
@@ -206,7 +176,12 @@ class Transport:
         try:
             return local.prep, local.slot
         except AttributeError:
-            local.prep, local.slot = self._template.copy(), Slot()
+            prep = self._template.copy()
+            # A plain dict: urllib3 copies and walks the headers per request, which for
+            # requests' case-insensitive dict costs a lower() and a call per line. The
+            # names are the template's own, spelt one way, so nothing looks them up by case.
+            prep.headers = dict(prep.headers)  # type: ignore[assignment]
+            local.prep, local.slot = prep, Slot()
             return local.prep, local.slot
 
     def send(self, path: str, body: bytes, deadline: Optional[float] = None) -> Reply:

@@ -32,6 +32,7 @@ Messages show the caller's value on one line, cut to 60 characters (``...``), as
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
@@ -141,10 +142,27 @@ def event_of(result: Union[Result, Tracked]) -> Event:
     return result.event
 
 
+_SECOND: list[tuple[float, str]] = [(math.nan, "")]  # the last whole second formatted, its text
+
+
 def format_timestamp(epoch_s: float) -> str:
-    """ISO 8601 in UTC with millisecond precision and a ``Z``."""
-    moment = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 in UTC with millisecond precision and a ``Z``.
+
+    Events sent one after the other mostly share their second: its text is formatted once
+    (``datetime``'s rounding to the microsecond kept), then only the milliseconds change.
+    """
+    fraction, whole = math.modf(epoch_s)
+    micros = round(fraction * 1e6)  # half to even, as datetime.fromtimestamp rounds
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    last, text = _SECOND[0]
+    if whole != last:
+        moment = datetime.fromtimestamp(whole, tz=timezone.utc)
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+        _SECOND[0] = (whole, text)  # one tuple: whole and text always belong together
+    return f"{text}{micros // 1000:03d}Z"
 
 
 def _common(

@@ -9,6 +9,8 @@ from unittest.mock import Mock
 
 import pytest
 from freezegun import freeze_time
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cms_shipper import CMSClient, Outcome, Reason
 from cms_shipper._events.build import build_lead, build_sale, format_timestamp
@@ -135,6 +137,24 @@ def test_implicit_timestamp_is_the_track_call_not_the_send() -> None:
 
 def test_format_timestamp() -> None:
     assert format_timestamp(0.0) == "1970-01-01T00:00:00.000Z"
+    assert format_timestamp(1.9999996) == "1970-01-01T00:00:02.000Z"  # rounds to the next second
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=-1e9, max_value=4e9, allow_nan=False),
+            st.integers(0, 10**6).map(lambda n: 1_764_000_000 + n / 1000 + 0.0000005),  # ties
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_format_timestamp_says_what_datetime_says(moments: list[float]) -> None:
+    for epoch_s in moments:  # in turn: the second kept from the previous call is reused
+        moment = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+        expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        assert format_timestamp(epoch_s) == expected
 
 
 def test_invalid_event_never_raises_is_counted_and_reported() -> None:
