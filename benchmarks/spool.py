@@ -48,6 +48,10 @@ measure lock and CPU contention together.
     python benchmarks/spool.py                       # --runs 3
     python benchmarks/spool.py --runs 5 --calls 10000
     python benchmarks/spool.py --parts crash --crash-events 5000
+    python benchmarks/spool.py --parts spill-locked full-disk   # parts 3 and 4 only
+
+3 and 4, the spool at its edges (a full queue's spill under a sibling's lock, recovery
+after a full disk), are described in ``_spool_edges.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ import time
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from _spool_edges import run_full_disk, run_spill_locked
 from _support import (
     HERE,
     REPO_ROOT,
@@ -80,7 +85,7 @@ from _support import (
 CHILD = os.path.join(HERE, "_spool_child.py")
 CHILD_BOUND_S = 180.0  # a child's hard time bound
 MODES = ("memory", "spool", "write_ahead", "write_ahead+sibling")
-PARTS = ("latency", "crash")
+PARTS = ("latency", "crash", "spill-locked", "full-disk")
 # The issue's targets (µs): (threads or None for any, p50, p99), per mode.
 TARGETS: Dict[str, Tuple[Optional[int], Optional[float], Optional[float]]] = {
     "write_ahead": (4, 60.0, 1000.0),
@@ -102,7 +107,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add("--sibling-rate", type=float, default=0.0,
         help="the sibling's track_lead calls/s (default 0: as fast as it can)")  # fmt: skip
     add("--crash-events", type=int, default=1_000, help="events tracked before SIGKILL (1000)")
-    add("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (both)")
+    add("--spill-calls", type=int, default=40, help="calls timed under a sibling's lock (40)")
+    add("--disk-events", type=int, default=20_000, help="leads tracked onto the full disk")
+    add("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (all)")
     return p.parse_args(argv)
 
 
@@ -335,6 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_latency(args, began)
     if "crash" in args.parts:
         run_crash(args, began)
+    if "spill-locked" in args.parts:
+        run_spill_locked(args.runs, args.spill_calls)
+    if "full-disk" in args.parts:
+        run_full_disk(args.runs, args.disk_events)
     print("\nload average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"total {time.monotonic() - began:.0f} s")
     return 0

@@ -140,6 +140,8 @@ class Pipeline:
                 f"queue full (max_queue_size={s.max_queue_size}); event dropped",
             )
             if self.durability.overflow(result, final):
+                if result._final is not None:  # settled at once: the spool is full
+                    return self._settler.answer(result._final)
                 # With a spool: its writer thread stores the event and settles it (spooled);
                 # this thread never waits for the file.
                 return TrackResult(

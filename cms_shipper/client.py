@@ -131,8 +131,9 @@ class CMSClient:
             spool_path: an SQLite file where events that would be lost (API down at close,
                 queue full, retries exhausted) are kept and replayed later; default
                 ``$CMS_SPOOL_PATH``, else None (memory only).
-            spool_max_bytes: the spool's size bound in bytes; past it, events that would be
-                spooled are dropped (reason ``spool_full``). Default 50 MiB.
+            spool_max_bytes: the spool's size bound in bytes, every file it makes counted
+                (database, WAL, every process's journals, its reserve); past it, events
+                that would be spooled are dropped (reason ``spool_full``). Default 50 MiB.
             write_ahead: with a spool, store every event before ``track_*`` returns, so it
                 survives SIGKILL. Default ``$CMS_WRITE_AHEAD``, else False.
             spool_replay_interval_s: how often the spool is checked for events to replay.

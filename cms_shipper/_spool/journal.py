@@ -35,8 +35,18 @@ from typing import NamedTuple, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
+from cms_shipper._spool.disk import free_bytes, on_disk, wal_limit
 
-__all__ = ["FAILED", "FULL", "Journal", "JournalError", "Live", "journal_files", "read_live"]
+__all__ = [
+    "FAILED",
+    "FULL",
+    "Journal",
+    "JournalError",
+    "Live",
+    "journal_files",
+    "mark_done",
+    "read_live",
+]
 
 FULL = 0  # write(): over max_bytes, not stored
 FAILED = -1  # write(): this event cannot be stored (encoding, or the journal failed)
@@ -45,6 +55,7 @@ _LENGTH = struct.Struct("<I")
 _HEADER = 9  # length, crc32, state
 _LIVE, _DONE = 1, 2
 _SUFFIX = ".journal"
+MAX_FILES = 4  # files a process writes into at once, however many threads write
 
 
 class JournalError(Exception):
@@ -64,26 +75,33 @@ def _encode(event: Event) -> bytes:
 
 
 class _Segment:
-    """One mapped journal file, written by one thread only."""
+    """One mapped journal file; its writers take room for a record under its lock."""
 
-    __slots__ = ("end", "mm", "number", "path", "thread")
+    __slots__ = ("end", "lock", "mm", "number", "path", "retired", "threads")
 
     def __init__(self, path: str, number: int, mm: mmap.mmap) -> None:
         self.path = path
         self.number = number
         self.mm = mm
         self.end = 0  # the next record's offset
-        self.thread = threading.current_thread()  # its writer, while it is current
+        self.lock = threading.Lock()  # held while a writer takes room (and writes its length)
+        self.retired = False  # full: nobody writes here again; deleted once all done
+        self.threads: list[threading.Thread] = []  # its writers
+
+    def users(self) -> int:
+        """Writers still alive (ended ones are forgotten)."""
+        self.threads = [thread for thread in self.threads if thread.is_alive()]
+        return len(self.threads)
 
 
 def _all_done(mm: mmap.mmap, end: int) -> bool:
-    """True when every record up to ``end`` is done (or was never completed)."""
+    """True when every record up to ``end`` is done (one being written is not)."""
     offset = 0
     while offset + _HEADER <= end:
         (length,) = _LENGTH.unpack_from(mm, offset)
         if length == 0:
             return True
-        if mm[offset + 8] == _LIVE:
+        if mm[offset + 8] != _DONE:
             return False
         offset += _HEADER + length
     return True
@@ -92,67 +110,99 @@ def _all_done(mm: mmap.mmap, end: int) -> bool:
 class Journal:
     """This owner's write-ahead records, in memory-mapped files; thread-safe.
 
-    Each writing thread appends to a file of its own, so writers share no lock (a lock
-    they wait for gives up the GIL, and getting it back can take milliseconds); the
-    journal's lock is taken only to start a file (one write in several thousand) and to
-    tidy up. ``done`` marks a record with one byte. Files whose records are all done are
-    deleted by ``tidy`` (the heartbeat) and ``close`` once their thread has moved on.
+    A process writes into at most ``files_for(max_bytes)`` files at a time (4, fewer under a
+    small bound), however many threads write: each thread appends to the file it was
+    given, a file of its own while there are few writers, else one it shares. A writer
+    takes the file's lock only to take room for its record (a few bytecodes; a writer
+    never waits for another's copy, and a lock nobody holds does not give up the GIL), and
+    the journal's lock only to start or change files (one write in several thousand) and
+    to tidy up. ``done`` marks a record with one byte. A full file is retired; retired files
+    and those no live thread writes into are deleted by ``tidy`` (the heartbeat) and
+    ``close`` once their records are all done.
     """
 
     def __init__(self, directory: str, name: str, *, max_bytes: Optional[int]) -> None:
         self._prefix = os.path.join(directory, name)
         self._directory = directory
+        self._spool = directory.rsplit(".owners", 1)[0]  # Owners.directory: <spool>.owners
         self._max_bytes = max_bytes
+        self._files = files_for(max_bytes)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._segments: dict[int, _Segment] = {}
         self._numbers = 0
         self._closed = False
         self.registered = False  # the owner's heartbeat row is in the spool (a fallback)
-        self.measured = 0  # bytes the spool's tables used, as last measured
 
     def _roll(self, size: int) -> _Segment:
-        """A file for this thread: one an ended thread left with room, else a new one
-        (created, allocated in full, mapped). Servers that start a thread per request thus
-        use as many files as threads write at once, not one per request."""
+        """A file for this thread: one nobody alive writes into, a new one while this
+        process has fewer than its share, else the one with the fewest writers. Servers
+        that start a thread per request, or pools of 64 threads, thus use a few files."""
         with self._lock:
             if self._closed:
                 raise JournalError("the spool is closed")
             me = threading.current_thread()
-            for segment in self._segments.values():
-                if not segment.thread.is_alive() and segment.end + size <= SEGMENT_BYTES:
-                    segment.thread = me  # its writer has ended: it wrote its last record
-                    self._local.segment = segment
-                    return segment
-            if self._max_bytes is not None and (
-                self.measured + (len(self._segments) + 1) * SEGMENT_BYTES > self._max_bytes
-            ):
+            old: Optional[_Segment] = getattr(self._local, "segment", None)
+            if old is not None:
+                if old.end + size > SEGMENT_BYTES:
+                    old.retired = True  # full for this record: nobody writes here again
+                with contextlib.suppress(ValueError):
+                    old.threads.remove(me)
+            room = [
+                s
+                for s in self._segments.values()
+                if not s.retired and s.end + size <= SEGMENT_BYTES
+            ]
+            free = [s for s in room if s.users() == 0]
+            active = sum(1 for s in self._segments.values() if not s.retired)
+            if free:
+                segment = free[0]
+            elif room and (active >= self._files or not self._fits()):
+                segment = min(room, key=_Segment.users)
+            elif self._fits():
+                segment = self._start()
+            else:
                 raise _Full
-            self._numbers += 1
-            number = self._numbers
-            path = f"{self._prefix}.{number}{_SUFFIX}"
-            try:
-                os.makedirs(self._directory, mode=0o700, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    if hasattr(os, "posix_fallocate"):
-                        os.posix_fallocate(fd, 0, SEGMENT_BYTES)
-                    else:  # sparse: a full disk could fault on a later write (documented)
-                        os.ftruncate(fd, SEGMENT_BYTES)
-                    mm = mmap.mmap(fd, SEGMENT_BYTES)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                raise JournalError(f"cannot start a journal file: {exc}") from exc
-            segment = _Segment(path, number, mm)
-            self._segments[number] = segment
+            segment.threads.append(me)
         self._local.segment = segment
         return segment
 
+    def _fits(self) -> bool:
+        """True if one more file keeps every file of the spool within ``max_bytes`` and
+        leaves room on the disk for the WAL to be checkpointed."""
+        if free_bytes(self._spool) < SEGMENT_BYTES + wal_limit(self._max_bytes):
+            return False
+        return (
+            self._max_bytes is None
+            or on_disk(self._spool, self._directory) + SEGMENT_BYTES <= self._max_bytes
+        )
+
+    def _start(self) -> _Segment:
+        """Create a file, allocate it in full and map it (under the lock)."""
+        self._numbers += 1
+        number = self._numbers
+        path = f"{self._prefix}.{number}{_SUFFIX}"
+        try:
+            os.makedirs(self._directory, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, SEGMENT_BYTES)
+                else:  # sparse: a full disk could fault on a later write (documented)
+                    os.ftruncate(fd, SEGMENT_BYTES)
+                mm = mmap.mmap(fd, SEGMENT_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise JournalError(f"cannot start a journal file: {exc}") from exc
+        segment = _Segment(path, number, mm)
+        self._segments[number] = segment
+        return segment
+
     def write(self, event: Event) -> int:
-        """Store ``event``; its handle (> 0), ``FULL`` or ``FAILED``. No I/O, no lock,
+        """Store ``event``; its handle (> 0), ``FULL`` or ``FAILED``. No I/O, no wait,
         except to start a new file (one write in several thousand)."""
         try:
             body = _encode(event)
@@ -165,21 +215,29 @@ class Journal:
         if not self.registered:
             raise JournalError("the spool has not registered this process yet")
         segment: Optional[_Segment] = getattr(self._local, "segment", None)
+        while True:
+            try:
+                if segment is None or segment.retired or segment.end + size > SEGMENT_BYTES:
+                    segment = self._roll(size)
+            except _Full:
+                return FULL
+            mm = segment.mm
+            with segment.lock:  # room for this record; its length keeps the file walkable
+                offset = segment.end
+                if offset + size <= SEGMENT_BYTES:
+                    segment.end = offset + size
+                    try:
+                        mm[offset : offset + 4] = _LENGTH.pack(len(body))
+                    except ValueError as exc:  # closed meanwhile
+                        raise JournalError("the spool is closed") from exc
+                    break
+            # another writer took the last of its room: start again (the loop's test)
         try:
-            if segment is None or segment.end + size > SEGMENT_BYTES:
-                segment = self._roll(size)
-        except _Full:
-            return FULL
-        offset = segment.end
-        mm = segment.mm
-        try:
-            mm[offset : offset + 4] = _LENGTH.pack(len(body))  # the file stays walkable
             mm[offset + _HEADER : offset + size] = body
             mm[offset + 4 : offset + 8] = _LENGTH.pack(zlib.crc32(body))
             mm[offset + 8] = _LIVE
         except ValueError as exc:  # closed meanwhile
             raise JournalError("the spool is closed") from exc
-        segment.end = offset + size
         return segment.number * SEGMENT_BYTES + offset + 1
 
     def done(self, handles: list[int]) -> None:
@@ -192,13 +250,10 @@ class Journal:
                     segment.mm[offset + 8] = _DONE
 
     def tidy(self) -> None:
-        """Delete files whose records are all done and whose thread has moved on or ended."""
+        """Delete files whose records are all done that nobody alive writes into (or full)."""
         with self._lock:
-            newest: dict[threading.Thread, int] = {}
-            for segment in self._segments.values():
-                newest[segment.thread] = max(newest.get(segment.thread, 0), segment.number)
             for segment in list(self._segments.values()):
-                in_use = segment.thread.is_alive() and newest[segment.thread] == segment.number
+                in_use = not segment.retired and segment.users() > 0
                 if not in_use and _all_done(segment.mm, segment.end):
                     self._drop(segment)
 
@@ -240,15 +295,43 @@ class Journal:
         self._local = threading.local()
 
 
+def files_for(max_bytes: Optional[int]) -> int:
+    """Files a process writes into at once: 4, or fewer so they take at most a quarter of
+    ``max_bytes`` (one at least)."""
+    if max_bytes is None:
+        return MAX_FILES
+    return max(1, min(MAX_FILES, max_bytes // (4 * SEGMENT_BYTES)))
+
+
 class _Full(Exception):
     """A new file would take the spool past ``max_bytes``."""
 
 
 class Live(NamedTuple):
-    """The live records of a dead owner's journal files."""
+    """The live records of a dead owner's journal files (and where each is: file, offset)."""
 
     events: list[Event]
     files: list[str]
+    where: list[tuple[str, int]]
+
+
+def mark_done(where: list[tuple[str, int]]) -> None:
+    """Mark records of a dead owner's files done (one byte each, in place: no new space)."""
+    by_file: dict[str, list[int]] = {}
+    for path, offset in where:
+        by_file.setdefault(path, []).append(offset)
+    for path, offsets in by_file.items():
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            for offset in offsets:
+                os.pwrite(fd, bytes([_DONE]), offset + 8)
+        except OSError as exc:
+            logger.warning("cannot mark records done in %s: %s", path, exc)
+        finally:
+            os.close(fd)
 
 
 def journal_files(directory: str) -> dict[str, list[str]]:
@@ -263,6 +346,7 @@ def journal_files(directory: str) -> dict[str, list[str]]:
 def read_live(files: list[str]) -> Live:
     """Every live record in ``files``, oldest first; torn or corrupt ones are skipped."""
     events: list[Event] = []
+    where: list[tuple[str, int]] = []
     for path in files:
         try:
             with open(path, "rb") as file:
@@ -282,7 +366,8 @@ def read_live(files: list[str]) -> Live:
                 try:
                     event_id, endpoint, _customer, payload, tracked_at, timestamp = json.loads(body)
                     events.append(Event.of(event_id, endpoint, payload, tracked_at, timestamp))
+                    where.append((path, offset))
                 except (ValueError, TypeError) as exc:
                     logger.warning("skipped a bad record in %s: %s", path, exc)
             offset += _HEADER + length
-    return Live(events, files)
+    return Live(events, files, where)

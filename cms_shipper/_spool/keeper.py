@@ -30,7 +30,15 @@ from cms_shipper._config import Settings
 from cms_shipper._durability import DurabilityStats, Host, Q
 from cms_shipper._events import Event, event_of
 from cms_shipper._log import RateLimitedLog, logger
-from cms_shipper._spool.plan import REFUSED, REPLAYED, SPILLED, Plan, held_back, outcomes
+from cms_shipper._spool.plan import (
+    REFUSED,
+    REPLAYED,
+    SPILLED,
+    Plan,
+    held_back,
+    outcomes,
+    spool_full,
+)
 from cms_shipper._spool.replay import Replayer
 from cms_shipper._spool.spill import SpillWriter
 from cms_shipper._spool.store import (
@@ -41,6 +49,7 @@ from cms_shipper._spool.store import (
     Spool,
     SpoolBusy,
     SpoolError,
+    SpoolFull,
 )
 from cms_shipper.results import Result, Tracked
 
@@ -68,7 +77,7 @@ class SpoolKeeper:
         self._log = log
         self.path = settings.spool_path or ""
         self._spool: Optional[Spool] = None  # made at the first event (``_ensure``)
-        self._failed = False  # the spool cannot be used here: memory only
+        self._unusable = False  # the spool cannot be used here: memory only
         self._closed = False
         self._open_lock = threading.Lock()
         self._counted = False  # which customers wait in the file: counted once since opening
@@ -78,6 +87,7 @@ class SpoolKeeper:
         self.spool_errors = 0
         self.settle_misses = 0
         self._later = Plan()  # settled rows the spool was too busy to take
+        self._full = False  # the last spill found the spool full (bound or disk)
         self.poke: Callable[[], None] = lambda: None  # the replayer's: claim again soon
         self._replayer: Optional[Replayer] = None
         self._host: Optional[Host] = None
@@ -141,11 +151,11 @@ class SpoolKeeper:
         """The spool, made at the first need: our owner lock and journal, no wait on the
         file (its first statement opens it). None if it cannot be used here, or closed."""
         spool = self._spool
-        if spool is not None or self._failed or self._closed:
+        if spool is not None or self._unusable or self._closed:
             return spool
         s = self._settings
         with self._open_lock:
-            if self._spool is None and not (self._failed or self._closed):
+            if self._spool is None and not (self._unusable or self._closed):
                 try:
                     self._spool = Spool(
                         self.path,
@@ -154,7 +164,7 @@ class SpoolKeeper:
                         busy_s=OPEN_WAIT_S,
                     )
                 except SpoolError as exc:
-                    self._failed = True
+                    self._unusable = True
                     logger.error(
                         "cannot use the spool at %s (%s); going on in memory only", self.path, exc
                     )
@@ -179,7 +189,7 @@ class SpoolKeeper:
     @property
     def enabled(self) -> bool:
         """True unless the spool proved unusable in this process (it is made lazily)."""
-        return not self._failed
+        return not self._unusable
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._count_lock:
@@ -248,6 +258,9 @@ class SpoolKeeper:
         if result._kept > 0 and self._spool is not None:  # written ahead: its record is done
             self._spool.forget([JournalRecord(result._kept, event_of(result))])
         result._kept = REFUSED
+        if self._full:  # the writer is behind because the spool refuses: say so
+            host.finish(result, spool_full(final))
+            return True
         self._log.log(
             logging.WARNING,
             "spool:spill-backlog",
@@ -274,14 +287,39 @@ class SpoolKeeper:
         except SpoolBusy:
             return None
         except SpoolError as exc:
-            self._count("settle_misses")
-            self._defer(rows)
-            self._trouble(exc, "spilling a full queue's events")
-            outcomes(results, out, rows, None)
+            self._failed(exc, "spilling a full queue's events", results, out, rows)
             return out
         self._row_errors(added)
+        self._refused_moves(rows, added)
         outcomes(results, out, rows, added)
         return out
+
+    def _failed(
+        self, exc: SpoolError, doing: str, results: Sequence[Tracked], out: list[Result], rows: Plan
+    ) -> None:
+        """A settling transaction failed: its rows are retried on the next heartbeat (a
+        journal record stays safe in the journal meanwhile); on a full disk, events with
+        no row are dropped ``spool_full``, as when ``spool_max_bytes`` is reached."""
+        self._count("settle_misses")
+        self._defer(rows)
+        self._trouble(exc, doing)
+        outcomes(results, out, rows, None)
+        if isinstance(exc, SpoolFull):
+            self._full = True
+            for i in rows.add:
+                out[i] = spool_full(out[i])
+
+    def _refused_moves(self, rows: Plan, added: Added) -> None:
+        """Moves ``spool_max_bytes`` had no room for: still live in the journal (spooled,
+        safe), moved on a later heartbeat once replay has made room."""
+        if rows.add or rows.move:
+            self._full = bool(added.refused)
+        if added.refused and rows.move:
+            refused = set(added.refused)
+            back = Plan()
+            back.move = [ahead for ahead in rows.move if ahead.event.event_id in refused]
+            if back.move:
+                self._defer(back)
 
     def _defer(self, rows: Plan) -> None:
         """Rows the file could not take now: retried on the next heartbeat. A move's
@@ -325,12 +363,10 @@ class SpoolKeeper:
                 busy_s=wait,
             )
         except SpoolError as exc:
-            self._count("settle_misses")
-            self._defer(rows)  # rows left behind: retried on the next heartbeat
-            self._trouble(exc, "settling outcomes")
-            outcomes(results, out, rows, None)
+            self._failed(exc, "settling outcomes", results, out, rows)
             return out
         self._row_errors(added)
+        self._refused_moves(rows, added)
         outcomes(results, out, rows, added)
         if any(spool.lines.holds_back(key) for key in rows.answered_replays):
             # A replayed event has its answer: its customer's next spooled event may go
@@ -340,7 +376,7 @@ class SpoolKeeper:
 
     def settle_one(self, result: Tracked, final: Result) -> Result:
         """``settle`` for one event."""
-        if self._failed:
+        if self._unusable:
             return final
         return self.settle([result], [final])[0]
 
@@ -398,9 +434,16 @@ class SpoolKeeper:
         with self._count_lock:
             rows, self._later = self._later, Plan()
         try:
-            spool.apply(remove=rows.remove, release=rows.release, move=rows.move)
-            if rows.move:  # in the file's line now (counted waiting by the commit)
-                spool.lines.expect([ahead.event.customer_key for ahead in rows.move], -1)
+            added = spool.apply(remove=rows.remove, release=rows.release, move=rows.move)
+            refused = set(added.refused)  # no room yet: they stay deferred
+            back = [ahead for ahead in rows.move if ahead.event.event_id in refused]
+            moved = [ahead for ahead in rows.move if ahead.event.event_id not in refused]
+            if moved:  # in the file's line now (counted waiting by the commit)
+                spool.lines.expect([ahead.event.customer_key for ahead in moved], -1)
+            rows = Plan()
+            rows.move = back
+            with self._count_lock:
+                self._later.extend(rows)
             rows = Plan()
             spool.renew()
             spool.refresh()  # what other processes spilled, and dead processes' rows

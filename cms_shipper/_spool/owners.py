@@ -132,15 +132,26 @@ def _unlink(path: str) -> None:
 
 
 def take_over_dead(
-    db: sqlite3.Connection, owners: Owners, me: str, now: float, until: float
+    db: sqlite3.Connection,
+    owners: Owners,
+    me: str,
+    now: float,
+    until: float,
+    limit: Optional[int] = None,
+    taken: Optional[list[tuple[str, int]]] = None,
 ) -> list[str]:
     """Take dead owners' events: free their leases, move their journals' live records into
     ``events`` (unleased, waiting in line).
 
     Inside the caller's write transaction; extends live owners' leases. Returns the dead
-    owners (bury them after the commit: their lock and journal files go). An owner the OS
-    cannot tell about (no lock file) is dead once its heartbeat row (``owners.until``) has
-    passed, or when it has journal files and no heartbeat row at all.
+    owners whose records are all in ``events`` now (bury them after the commit: their lock
+    and journal files go). An owner the OS cannot tell about (no lock file) is dead once
+    its heartbeat row (``owners.until``) has passed, or when it has journal files and no
+    heartbeat row at all.
+
+    ``limit`` (a full disk): move at most this many records; the records moved of an owner
+    not moved in full are added to ``taken`` (mark them done after the commit,
+    ``journal.mark_done``), and it is not buried yet.
     """
     beats = dict(db.execute("SELECT owner, until FROM owners WHERE owner != ?", (me,)))
     leased = {
@@ -167,6 +178,7 @@ def take_over_dead(
                 dead.append(owner)
         elif owner not in leased:  # journal files, no lock file, no heartbeat: gone
             dead.append(owner)
+    whole: list[str] = []
     for owner in dead:
         db.execute(
             "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?",
@@ -174,15 +186,24 @@ def take_over_dead(
         )
         db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
         files = journals.get(name_of(owner))
-        if files:
-            rows.insert(db, read_live(files).events, now, 0, None, Counter())
+        live = read_live(files) if files else None
+        if live is not None and limit is not None and len(live.events) > limit:
+            rows.insert(db, live.events[:limit], now, 0, None, Counter())
+            if taken is not None:
+                taken.extend(live.where[:limit])
+            limit = 0
+            continue
+        if live is not None:
+            rows.insert(db, live.events, now, 0, None, Counter())
+            limit = None if limit is None else limit - len(live.events)
+        whole.append(owner)
     # A live owner whose heartbeat is late still has its events in hand: never take them.
     db.executemany(
         "UPDATE events SET lease_until = ? WHERE lease_owner = ? AND lease_until > 0"
         " AND lease_until < ?",
         [(until, owner, until) for owner in alive],
     )
-    return dead
+    return whole
 
 
 def name_of(owner: str) -> str:

@@ -89,15 +89,17 @@ def insert(
     size: int,
     max_bytes: Optional[int],
     delta: Counter[str],
+    cost: int = 1,
 ) -> Added:
     """Add events to ``events``, unleased (twice is harmless); those not stored, and why."""
     # max_bytes counts the pages in use (``size``, measured by the caller); within one
-    # call, each row counts as its payload's length plus a small overhead.
+    # call, each row counts as its payload's length plus a small overhead, ``cost`` times
+    # (2 in WAL mode: its pages are in the WAL too until a checkpoint).
     added = Added([], [])
     for event in events:
         try:
             payload = json.dumps(event.payload, separators=(",", ":"))
-            if max_bytes is not None and size + len(payload) > max_bytes:
+            if max_bytes is not None and size + cost * len(payload) > max_bytes:
                 added.refused.append(event.event_id)
                 continue
             cursor = db.execute(
@@ -118,7 +120,7 @@ def insert(
             logger.debug("cannot store event %r: %s", event.event_id, exc)
             continue
         if cursor.rowcount:
-            size += len(payload) + ROW_OVERHEAD
+            size += cost * (len(payload) + ROW_OVERHEAD)
             delta[event.customer_key] += 1
     return added
 

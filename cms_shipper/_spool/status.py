@@ -18,7 +18,15 @@ from cms_shipper._log import logger
 from cms_shipper._spool.journal import journal_files, read_live
 from cms_shipper._spool.owners import Owners
 
-__all__ = ["SpoolBusy", "SpoolError", "SpoolStatus", "Unreadable", "open_spool", "read_status"]
+__all__ = [
+    "SpoolBusy",
+    "SpoolError",
+    "SpoolFull",
+    "SpoolStatus",
+    "Unreadable",
+    "open_spool",
+    "read_status",
+]
 
 SCHEMA_VERSION = "1"
 SCHEMA = (
@@ -57,6 +65,10 @@ class SpoolError(Exception):
 
 class SpoolBusy(SpoolError):
     """Another connection holds the lock longer than the wait allowed: try again later."""
+
+
+class SpoolFull(SpoolError):
+    """The disk (not ``spool_max_bytes``) is full: events that would be stored are dropped."""
 
 
 class Unreadable(Exception):

@@ -27,6 +27,7 @@ event's payload, never the token.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import secrets
@@ -40,20 +41,20 @@ from typing import Any, Callable, Optional, Union
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool import forks, rows
-from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError
+from cms_shipper._spool import disk, forks, rows
+from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError, mark_done
 from cms_shipper._spool.order import Lines
 from cms_shipper._spool.owners import Owners, name_of, take_over_dead
 from cms_shipper._spool.rows import Added, JournalRecord
 from cms_shipper._spool.status import (
     SpoolBusy,
     SpoolError,
+    SpoolFull,
     SpoolStatus,
     Unreadable,
     is_busy,
     open_spool,
     query_status,
-    used_bytes,
 )
 
 __all__ = [
@@ -64,8 +65,33 @@ __all__ = [
     "Spool",
     "SpoolBusy",
     "SpoolError",
+    "SpoolFull",
     "SpoolStatus",
 ]
+
+TAKE_CHUNK = 200  # records of dead owners' journals taken over per pass on a full disk
+TAKE_ROW_BYTES = 4096  # free-page bytes counted per such record: a page each (index splits too)
+
+
+def _with_cap(
+    work: Callable[[sqlite3.Connection, Optional[int]], None],
+    cap: Optional[int],
+    db: sqlite3.Connection,
+) -> None:
+    work(db, cap)
+
+
+def _transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``work`` in one IMMEDIATE transaction, rolled back if it (or the commit) fails."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        out = work(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return out
 
 
 def _owner() -> str:
@@ -96,6 +122,8 @@ class Spool:
         self._db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
         self._owners = Owners(self.path)
+        self._reserve = disk.Reserve(self.path, disk.wal_limit(max_bytes))
+        self._chunked = False  # a full disk: dead owners' journals are taken over in chunks
         self.lines = Lines()  # which customers wait for their spooled events
         self.journal = self._journal()
         self._was_open = False  # opened once: close() must end our rows' ownership
@@ -119,7 +147,7 @@ class Spool:
         if not connect:  # the first statement opens the file (``_open_late``)
             return
         try:
-            self._db = open_spool(self.path, self._busy_s, self._owners)
+            self._db = self._tuned(open_spool(self.path, self._busy_s, self._owners))
             self._was_open = True
         except SpoolBusy:
             # Busy longer than busy_s (another process creating the file, converting it or
@@ -190,11 +218,15 @@ class Spool:
         work: Callable[[sqlite3.Connection], Any],
         busy_s: Optional[float],
         committed: Optional[Callable[[], None]] = None,
+        drains: bool = True,
     ) -> Any:
         """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks.
 
         ``committed`` runs after the commit, still under the lock: it updates ``lines``,
-        so a concurrent ``refresh`` never counts a change twice or misses it.
+        so a concurrent ``refresh`` never counts a change twice or misses it. On a full
+        disk, work that ``drains`` the spool (claims, heartbeats, removals, take-overs)
+        frees the reserve and truncates the WAL, then runs once more; new rows do not:
+        they would eat the room replay needs.
         """
         if self._pid != os.getpid():
             self.reopen()
@@ -209,23 +241,17 @@ class Spool:
                 if db is None:  # busy at open, not opened yet, or closed for a fork
                     db = self._db = self._open_late(wait)
                 db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-                db.execute("BEGIN IMMEDIATE")
                 try:
-                    out = work(db)
-                    if self._max_bytes is not None:  # the journal's base for max_bytes
-                        size = used_bytes(db)
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-                if self._max_bytes is not None:
-                    self.journal.measured = size
+                    out = _transaction(db, work)
+                except sqlite3.OperationalError as exc:
+                    if not (drains and disk.is_full(exc)) or not self._make_room(db):
+                        raise
+                    out = _transaction(db, work)  # once more, with the room made
                 if committed is not None:
                     committed()
                 return out
             except sqlite3.Error as exc:
-                kind = SpoolBusy if is_busy(exc) else SpoolError
+                kind = SpoolBusy if is_busy(exc) else SpoolFull if disk.is_full(exc) else SpoolError
                 raise kind(f"spool {self.path}: {exc}") from exc
         finally:
             self._lock.release()
@@ -233,11 +259,55 @@ class Spool:
     def _open_late(self, wait: float) -> sqlite3.Connection:
         try:
             forks.refuse_inherited(self.path)
-            db = open_spool(self.path, wait, self._owners)
+            db = self._tuned(open_spool(self.path, wait, self._owners))
         except (Unreadable, forks.InheritedConnection) as exc:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
         self._was_open = True
         return db
+
+    def _tuned(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        with contextlib.suppress(sqlite3.Error):  # a disk too full for it: the next one
+            disk.tune(db, self._max_bytes)
+            self._reserve.ensure(self._max_bytes, self.path)
+        return db
+
+    def _make_room(self, db: sqlite3.Connection) -> bool:
+        """The disk is full: free the reserve and truncate the WAL; True if either helped."""
+        # The reserve's bytes let the checkpoint grow the database; RESTART (not TRUNCATE)
+        # keeps the WAL's file, so the next transactions reuse its space from the start.
+        freed = self._reserve.free()
+        try:
+            restarted = disk.checkpoint(db, "RESTART")
+        except sqlite3.Error:
+            restarted = False
+        if freed or restarted:
+            logger.warning(
+                "the disk of the spool %s is full; %s to go on",
+                self.path,
+                "freed its reserve and checkpointed" if freed else "checkpointed",
+            )
+        return freed or restarted
+
+    def keep_small(self, busy_s: float = 0.05) -> None:
+        """Truncate a WAL grown past its limit; make the reserve again once there is room."""
+        if disk.wal_bytes(self.path) > disk.wal_limit(self._max_bytes):
+            self._run_plain(disk.checkpoint, busy_s)
+        self._reserve.ensure(self._max_bytes, self.path)
+
+    def _run_plain(self, work: Callable[[sqlite3.Connection], Any], busy_s: float) -> Any:
+        """Run ``work`` outside a transaction (a checkpoint), waiting at most ``busy_s``."""
+        if self._pid != os.getpid() or not self._lock.acquire(timeout=busy_s):
+            return None
+        try:
+            db = self._db
+            if db is None or self._closed:
+                return None
+            db.execute(f"PRAGMA busy_timeout = {int(busy_s * 1000)}")
+            return work(db)
+        except sqlite3.Error as exc:
+            raise (SpoolBusy if is_busy(exc) else SpoolError)(f"spool {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
 
     def write_ahead(self, event: Event) -> int:
         """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
@@ -268,7 +338,10 @@ class Spool:
         busy_s: Optional[float] = None,
     ) -> Added:
         """In one transaction: remove ``events`` rows, release our leases, add events unleased
-        and move written-ahead events into ``events`` (``move``, then done in the journal)."""
+        and move written-ahead events into ``events`` (``move``, then done in the journal).
+
+        ``Added.refused`` names the adds and moves ``max_bytes`` had no room for (a move
+        refused stays live in the journal)."""
         gone, freed = list(remove), list(release)
         if not (gone or freed or add or move):
             return Added([], [])
@@ -277,23 +350,34 @@ class Spool:
 
         def work(db: sqlite3.Connection) -> Added:
             delta.clear()
+            kept.clear()
             me, now = self.owner, self._clock()
             rows.remove(db, me, now, gone, delta)
             rows.release(db, me, freed, delta)
-            if move:  # in the journal's size already: never refused for max_bytes
-                moved = rows.insert(db, [ahead.event for ahead in move], now, 0, None, delta)
-                kept.update(moved.failed)
+            refused: list[str] = []
+            if move:  # one refused for max_bytes stays in the journal (safe there)
+                events = [ahead.event for ahead in move]
+                moved = rows.insert(db, events, now, *self._budget(db), delta, cost=2)
+                kept.update(moved.failed + moved.refused)
+                refused = moved.refused
             if not add:
-                return Added([], [])
-            return rows.insert(db, add, now, used_bytes(db), self._max_bytes, delta)
+                return Added(refused, [])
+            added = rows.insert(db, add, now, *self._budget(db), delta, cost=2)
+            return Added(refused + added.refused, added.failed)
 
         def committed() -> None:
             self.lines.changed(delta, itertools.chain(gone, freed))
             if move:
                 self.journal.done([a.handle for a in move if a.event.event_id not in kept])
 
-        result: Added = self._run(work, busy_s, committed)
+        result: Added = self._run(work, busy_s, committed, drains=not (add or move))
         return result
+
+    def _budget(self, db: sqlite3.Connection) -> tuple[int, Optional[int]]:
+        """Pages in use, and the limit rows may take them to: the bound less every other
+        file of the spool (WAL, journals of every process, the reserve), and the disk's
+        free bytes less room for the reserve while it is missing."""
+        return disk.budget(db, self.path, self._max_bytes, self._reserve.missing())
 
     def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
         """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order."""
@@ -301,40 +385,75 @@ class Spool:
             return []
         now = self._clock()
         dead: list[str] = []
+        taken: list[tuple[str, int]] = []
         events: list[Event] = []
         counts: dict[str, int] = {}
 
-        def work(db: sqlite3.Connection) -> None:
-            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+        def work(db: sqlite3.Connection, cap: Optional[int]) -> None:
+            taken.clear()
+            dead[:] = self._take_over(db, now, cap, taken)
             events[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
             counts.clear()
-            if dead:  # their rows wait now: count them (lines would miss them till refresh)
+            if dead or taken:  # their rows wait now: count them (lines would miss them)
                 counts.update(rows.waiting(db, self.owner, now))
 
         def committed() -> None:
             self.lines.claimed(events)
-            if dead:
+            if dead or taken:
                 self.lines.recount(counts)
 
-        self._run(work, busy_s, committed)
-        self._bury(dead)
+        self._taking_over(work, busy_s, committed, taken)
+        self._bury(dead, taken)
         return events
 
     def refresh(self, busy_s: Optional[float] = None) -> None:
         """Take over dead owners' events and recount the customers waiting from the file."""
         now = self._clock()
         dead: list[str] = []
+        taken: list[tuple[str, int]] = []
         counts: dict[str, int] = {}
 
-        def work(db: sqlite3.Connection) -> None:
-            dead[:] = take_over_dead(db, self._owners, self.owner, now, now + self._lease_s)
+        def work(db: sqlite3.Connection, cap: Optional[int]) -> None:
+            taken.clear()
+            dead[:] = self._take_over(db, now, cap, taken)
             counts.clear()
             counts.update(rows.waiting(db, self.owner, now))
 
-        self._run(work, busy_s, committed=lambda: self.lines.recount(counts))
-        self._bury(dead)
+        self._taking_over(work, busy_s, lambda: self.lines.recount(counts), taken)
+        self._bury(dead, taken)
 
-    def _bury(self, dead: list[str]) -> None:
+    def _take_over(
+        self, db: sqlite3.Connection, now: float, cap: Optional[int], taken: list[tuple[str, int]]
+    ) -> list[str]:
+        until = now + self._lease_s
+        if cap:  # a full disk: only as many as the database's free pages hold (no growth)
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            cap = min(cap, free * db.execute("PRAGMA page_size").fetchone()[0] // TAKE_ROW_BYTES)
+        return take_over_dead(db, self._owners, self.owner, now, until, cap, taken)
+
+    def _taking_over(
+        self,
+        work: Callable[[sqlite3.Connection, Optional[int]], None],
+        busy_s: Optional[float],
+        committed: Callable[[], None],
+        taken: list[tuple[str, int]],
+    ) -> None:
+        """Run ``work``, which takes dead owners' journals over. On a full disk, take over
+        ``TAKE_CHUNK`` records a pass (until all are in), then none: the rows already in
+        the file still drain, and their pages make room for the next chunk."""
+        caps: list[Optional[int]] = [TAKE_CHUNK, 0] if self._chunked else [None, TAKE_CHUNK, 0]
+        for n, cap in enumerate(caps):
+            try:
+                self._run(functools.partial(_with_cap, work, cap), busy_s, committed)
+            except SpoolFull:
+                if n == len(caps) - 1:
+                    raise
+                continue
+            self._chunked = cap == 0 or bool(taken)
+            return
+
+    def _bury(self, dead: list[str], taken: Sequence[tuple[str, int]] = ()) -> None:
+        mark_done(list(taken))  # in the file now: never taken over twice
         for owner in dead:
             logger.info("took over the spool events of %s (it died)", owner)
             self._owners.bury(owner)
@@ -355,6 +474,7 @@ class Spool:
         renewed: int = self._run(work, busy_s)
         self.journal.registered = True
         self.journal.tidy()  # files whose records are all done
+        self.keep_small()
         return renewed
 
     def release(self, event_ids: Iterable[str]) -> None:

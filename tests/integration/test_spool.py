@@ -178,7 +178,7 @@ def test_queue_overflow_spills_to_the_spool_and_drains_later(
 
 def test_spool_full_is_counted_with_its_own_reason(tmp_path: Path) -> None:
     client = CMSClient(token=TOKEN, host=f"http://127.0.0.1:{unused_port()}",
-                       spool_path=str(tmp_path / "spool.db"), spool_max_bytes=64 * 1024,
+                       spool_path=str(tmp_path / "spool.db"), spool_max_bytes=256 * 1024,
                        max_queue_size=1, **FAST, **SPOOL_FAST)  # fmt: skip
     long_name = "n" * 255
     avatar = "https://example.com/" + "a" * 2000

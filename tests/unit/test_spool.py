@@ -129,7 +129,7 @@ def test_a_dead_owners_journal_and_leases_are_taken_over_at_once(tmp_path: Path)
     assert [e.event_id for e in b.claim(10)] == ["e0", "e1", "e2"]
     assert rows(tmp_path / "s.db") == (3, 0)
     left = sorted(p.name for p in (tmp_path / "s.db.owners").iterdir())
-    assert left == ["b.lock"]  # a's lock and journal files buried once taken over
+    assert left == ["b.lock", "reserve"]  # a's lock and journal files buried once taken over
 
 
 def test_without_a_lock_file_the_heartbeat_row_is_the_fallback(tmp_path: Path) -> None:
@@ -154,14 +154,14 @@ def test_close_removes_the_lock_file_unless_rows_are_still_leased(tmp_path: Path
     assert a.write_ahead(lead(0, "x")) > 0
     a.close()
     b.close()
-    assert sorted(p.name for p in owners.iterdir()) == ["a.1.journal", "a.lock"]
+    assert sorted(p.name for p in owners.iterdir()) == ["a.1.journal", "a.lock", "reserve"]
     c = spool(tmp_path / "s.db", clock, "c")
     assert [e.event_id for e in c.claim(10)] == ["e0"]  # a is gone: at once
 
 
 def test_max_bytes_refuses_and_frees_on_remove(tmp_path: Path) -> None:
     clock = Clock()
-    store = spool(tmp_path / "s.db", clock, "a", max_bytes=64 * 1024)
+    store = spool(tmp_path / "s.db", clock, "a", max_bytes=256 * 1024)
     events = [
         build_lead(
             f"e{i}",
@@ -378,7 +378,8 @@ def test_an_answered_event_is_done_at_once_and_close_leaves_nothing_of_ours(
     assert [o.outcome for o in out] == [Outcome.DELIVERED] * 3
     assert rows(tmp_path / "s.db") == (0, 0)  # done: no I/O, no batch window
     keep.close()
-    assert list((tmp_path / "s.db.owners").iterdir()) == []  # nothing left of ours
+    left = [p.name for p in (tmp_path / "s.db.owners").iterdir()]
+    assert left == ["reserve"]  # nothing left of ours (the reserve is the spool's)
 
 
 def test_journal_records_survive_their_writer_and_torn_ones_are_skipped(
@@ -459,12 +460,13 @@ def test_max_bytes_counts_the_journal_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_spool_ahead, "SEGMENT_BYTES", 4096)
-    journal = Journal(str(tmp_path), "w", max_bytes=3 * 4096)
+    owners = str(tmp_path / "s.db.owners")  # a spool's directory: its files all count
+    journal = Journal(owners, "w", max_bytes=3 * 4096)
     journal.registered = True
     handles = []
     while (handle := journal.write(lead(len(handles), "c"))) > 0:
         handles.append(handle)
-    assert handle == FULL and len(journal_files(str(tmp_path))["w"]) == 3
+    assert handle == FULL and len(journal_files(owners)["w"]) == 3
     journal.done(handles)
     journal.tidy()  # two files go; the one in use stays
     assert journal.write(lead(999, "c")) > 0  # room again
