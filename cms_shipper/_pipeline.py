@@ -223,6 +223,8 @@ class Pipeline:
 
     def start_replay(self) -> None:
         """Start replay now: a process that only opens the client drains its spool."""
+        if self.pid != os.getpid():
+            self.after_fork()  # forked without the fork hooks (uWSGI)
         self.durability.start_replay()
 
     def wake(self) -> None:

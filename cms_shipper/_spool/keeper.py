@@ -12,6 +12,10 @@ Spool trouble is logged and counted and never reaches the host: the client goes
 on in memory. ``track_*``'s write-ahead never waits for the file (the journal is memory-
 mapped, ``_spool_ahead``), and every other wait is bounded (``SETTLE_WAIT_S``, ...), so
 neither ``track_*`` nor ``close()`` waits on another process's disk lock.
+
+A forked child drops the spool it inherited (connection, journal, owner lock: the
+parent's) and makes its own at its first need (``_spool.forks``: no connection crosses a
+fork, the parent closes its file before every fork and reopens it after).
 """
 
 from __future__ import annotations
@@ -72,8 +76,12 @@ class SpoolKeeper:
         self._settings = settings
         self._log = log
         self.path = settings.spool_path or ""
-        self._spool: Optional[Spool] = None
-        self._waiting = False  # busy at open: try again on the next heartbeat
+        self._spool: Optional[Spool] = None  # made at the first event (``_ensure``)
+        self._unusable = False  # the spool cannot be used here: memory only
+        self._closed = False
+        self._open_lock = threading.Lock()
+        self._counted = False  # which customers wait in the file: counted once since opening
+        self._first_count = threading.Lock()
         self._count_lock = threading.Lock()
         self.write_ahead_misses = 0
         self.spool_errors = 0
@@ -84,7 +92,9 @@ class SpoolKeeper:
         self._replayer: Optional[Replayer] = None
         self._host: Optional[Host] = None
         self._writer = self._new_writer()
-        self._open()
+        spool = self._ensure()  # at construction; a forked child makes its own at first need
+        if spool is not None:
+            self._count_first(spool)
 
     def _new_writer(self) -> SpillWriter:
         def expect(customers: list[str], n: int) -> None:
@@ -137,57 +147,49 @@ class SpoolKeeper:
             fleet=None,
         )
 
-    def _open(self) -> None:
+    def _ensure(self) -> Optional[Spool]:
+        """The spool, made at the first need: our owner lock and journal, no wait on the
+        file (its first statement opens it). None if it cannot be used here, or closed."""
+        spool = self._spool
+        if spool is not None or self._unusable or self._closed:
+            return spool
         s = self._settings
-        try:
-            self._spool = Spool(
-                self.path, max_bytes=s.spool_max_bytes, lease_s=s.spool_lease_s, busy_s=OPEN_WAIT_S
-            )
-            self._waiting = False
-        except SpoolBusy as exc:
-            self._waiting = True
-            self._log.log(
-                logging.WARNING,
-                "spool:busy-open",
-                "the spool %s is busy (%s); events stay in memory, trying again later",
-                self.path,
-                exc,
-            )
-        except SpoolError as exc:
-            self._waiting = False
-            logger.error(
-                "cannot use the spool at %s (%s); going on in memory only",
-                self.path,
-                exc,
-            )
-        else:
-            if self._spool.opened:
-                self._refresh()
-            else:  # the journal takes write-aheads; the heartbeat opens the file
-                self._log.log(
-                    logging.WARNING,
-                    "spool:busy-open",
-                    "the spool %s is busy; its journal is in use, opening it again later",
-                    self.path,
-                )
+        with self._open_lock:
+            if self._spool is None and not (self._unusable or self._closed):
+                try:
+                    self._spool = Spool(
+                        self.path,
+                        max_bytes=s.spool_max_bytes,
+                        lease_s=s.spool_lease_s,
+                        busy_s=OPEN_WAIT_S,
+                    )
+                except SpoolError as exc:
+                    self._unusable = True
+                    logger.error(
+                        "cannot use the spool at %s (%s); going on in memory only", self.path, exc
+                    )
+            return self._spool
 
-    def _refresh(self) -> None:
-        # Before the first track_*: which customers' older events wait in the file (a
-        # crashed or closed process's) and must go before their new ones. If the file is
-        # busy now, the next heartbeat counts them.
-        if self._spool is None:
-            return
-        try:
-            self._spool.refresh()
-        except SpoolBusy:
-            pass
-        except SpoolError as exc:
-            self._trouble(exc, "reading which customers wait in the spool")
+    def _count_first(self, spool: Spool) -> None:
+        # Before this process's first event is sent: which customers' older events wait in
+        # the file (a crashed or closed process's) and must go before their new ones. One
+        # sender counts (waiting at most OPEN_WAIT_S); if the file is busy, the heartbeat
+        # counts them later.
+        with self._first_count:
+            if self._counted:
+                return
+            try:
+                spool.refresh()
+            except SpoolBusy:
+                pass
+            except SpoolError as exc:
+                self._trouble(exc, "reading which customers wait in the spool")
+            self._counted = True
 
     @property
     def enabled(self) -> bool:
-        """True while the spool is usable, or only busy for now."""
-        return self._spool is not None or self._waiting
+        """True unless the spool proved unusable in this process (it is made lazily)."""
+        return not self._unusable
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._count_lock:
@@ -216,12 +218,10 @@ class SpoolKeeper:
 
     def write_ahead(self, result: Tracked) -> None:
         """Journal a just-tracked event (a live event of this process) before track_* returns."""
-        spool = self._spool
         if result.event is None or not self._settings.write_ahead:
             return
+        spool = self._ensure()
         if spool is None:
-            if self._waiting:
-                self._count("write_ahead_misses")
             return
         try:
             handle = spool.write_ahead(result.event)
@@ -251,11 +251,11 @@ class SpoolKeeper:
         it as ``final`` (``queue_full``) without waiting for the file (``REFUSED``).
         """
         host = self._host
-        if self._spool is None or host is None:
+        if self._ensure() is None or host is None:
             return False
         if self._writer.put(result, final, host.finish):
             return True
-        if result._kept > 0:  # written ahead: it is not coming back; the record is done
+        if result._kept > 0 and self._spool is not None:  # written ahead: its record is done
             self._spool.forget([JournalRecord(result._kept, event_of(result))])
         result._kept = REFUSED
         if self._full:  # the writer is behind because the spool refuses: say so
@@ -343,7 +343,7 @@ class SpoolKeeper:
         # the row (a journal record is marked done at once, without I/O). One transaction,
         # waiting at most SETTLE_WAIT_S, or until deadline (a time.monotonic() value).
         out = list(finals)
-        spool = self._spool
+        spool = self._ensure()
         if spool is None:
             return out
         rows = Plan.of(results, finals)
@@ -376,7 +376,7 @@ class SpoolKeeper:
 
     def settle_one(self, result: Tracked, final: Result) -> Result:
         """``settle`` for one event."""
-        if self._spool is None:
+        if self._unusable:
             return final
         return self.settle([result], [final])[0]
 
@@ -387,9 +387,11 @@ class SpoolKeeper:
         the spool is busy; or None: send it now (nothing older waits, or the spool cannot
         take it, and sending beats losing it).
         """
-        spool, event = self._spool, result.event
+        spool, event = self._ensure(), result.event
         if spool is None or event is None or result._kept == REPLAYED:
             return None
+        if not self._counted:
+            self._count_first(spool)
         if not spool.lines.holds_back(event.customer_key):
             return None
         if spool.lines.coming(event.customer_key):
@@ -425,10 +427,8 @@ class SpoolKeeper:
         return held_back(result)
 
     def heartbeat(self) -> None:
-        """Open a spool that was busy, settle rows left behind, renew and recount."""
-        if self._spool is None and self._waiting:
-            self._open()
-        spool = self._spool
+        """Open the file if need be, settle rows left behind, renew and recount."""
+        spool = self._ensure()
         if spool is None:
             return
         with self._count_lock:
@@ -447,6 +447,7 @@ class SpoolKeeper:
             rows = Plan()
             spool.renew()
             spool.refresh()  # what other processes spilled, and dead processes' rows
+            self._counted = True
         except SpoolError as exc:
             with self._count_lock:
                 self._later.extend(rows)
@@ -464,25 +465,22 @@ class SpoolKeeper:
             return []
 
     def after_fork(self) -> None:
-        """In a forked child: a new connection and a new lease owner."""
-        # A fresh lock: a parent thread may have held this one at the fork, for ever here.
+        """In a forked child: nothing of the parent's spool; ours is made at our first event."""
+        # Fresh locks: a parent thread may have held these at the fork, for ever here.
         self._count_lock = threading.Lock()
+        self._open_lock = threading.Lock()
+        self._first_count = threading.Lock()
         self._later = Plan()  # the parent's rows, not ours
         self._writer = self._new_writer()  # the parent's backlog is the parent's
-        if self._spool is not None:
-            try:
-                self._spool.reopen()
-                self._refresh()
-            except SpoolBusy:
-                self._spool, self._waiting = None, True
-            except SpoolError as exc:
-                self._trouble(exc, "reopening after fork")
-                self._spool = None
+        spool, self._spool, self._counted = self._spool, None, False
+        if spool is not None:  # its connection, journal and owner lock are the parent's
+            spool.forget_inherited()
 
     def close(self) -> None:
         """Close the connection and the journal; idempotent."""
         self._writer.stop()  # close() has settled its backlog (the pending events)
-        spool, self._spool = self._spool, None
-        self._waiting = False
+        with self._open_lock:
+            self._closed = True
+            spool, self._spool = self._spool, None
         if spool is not None:
             spool.close()

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Union
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool import disk, rows
+from cms_shipper._spool import disk, forks, rows
 from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError, mark_done
 from cms_shipper._spool.order import Lines
 from cms_shipper._spool.owners import Owners, name_of, take_over_dead
@@ -71,7 +71,6 @@ __all__ = [
 
 TAKE_CHUNK = 200  # records of dead owners' journals taken over per pass on a full disk
 TAKE_ROW_BYTES = 4096  # free-page bytes counted per such record: a page each (index splits too)
-_FORKED: list[object] = []  # a parent's connections in a forked child: never used, never closed
 
 
 def _with_cap(
@@ -111,6 +110,7 @@ class Spool:
         owner: Optional[str] = None,
         clock: Callable[[], float] = time.time,
         busy_s: float = 2.0,
+        connect: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self._max_bytes = max_bytes
@@ -126,19 +126,29 @@ class Spool:
         self._chunked = False  # a full disk: dead owners' journals are taken over in chunks
         self.lines = Lines()  # which customers wait for their spooled events
         self.journal = self._journal()
-        self._open()
+        self._was_open = False  # opened once: close() must end our rows' ownership
+        self._parked = self._lock  # the lock park() holds across a fork
+        self._open(connect)
+        forks.track(self)  # closed before each fork, reopened after (``_spool.forks``)
 
     def _journal(self) -> Journal:
         return Journal(self._owners.directory, name_of(self.owner), max_bytes=self._max_bytes)
 
-    def _open(self) -> None:
+    def _open(self, connect: bool = True) -> None:
+        try:
+            forks.refuse_inherited(self.path)
+        except forks.InheritedConnection as exc:
+            raise SpoolError(str(exc)) from exc
         # Hold our owner lock first: from here on, probes see this process as alive, so the
         # journal may take records at once. Without locks (no fcntl, a network disk) only
         # our heartbeat row shows that, so the journal waits for it (``renew``).
         self.journal.registered = self._owners.hold(self.owner)
         self._closed = False
+        if not connect:  # the first statement opens the file (``_open_late``)
+            return
         try:
             self._db = self._tuned(open_spool(self.path, self._busy_s, self._owners))
+            self._was_open = True
         except SpoolBusy:
             # Busy longer than busy_s (another process creating the file, converting it or
             # recovering its WAL). The journal needs only our owner lock: it takes records
@@ -161,18 +171,45 @@ class Spool:
         return self._db is not None
 
     def reopen(self) -> None:
-        """After ``os.fork()``: new connections and a new owner (never share either)."""
-        self._lock = threading.Lock()
-        # The parent's connections are kept, unused and unclosed (closing hurts the parent).
-        _FORKED.append(self._db)
-        self.journal.forget_inherited()
-        self._db = None
+        """After ``os.fork()``: a new owner; the file opens at the first statement."""
+        self.forget_inherited()
         self.lines = Lines()  # the parent's claims are the parent's
-        self._owners.forget_inherited()
         self._pid = os.getpid()
         self.owner = _owner()
         self.journal = self._journal()
-        self._open()
+        self._was_open = False
+        self._open(connect=False)
+
+    def forget_inherited(self) -> None:
+        """In a forked child: let go of the parent's connection, journal and owner lock
+        without touching them (a connection still open is kept, never used nor closed)."""
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        db, self._db = self._db, None
+        if db is not None:  # forked without our hook (``_spool.forks``): the parent's, open
+            forks.keep_inherited(self.path, db)
+        self.journal.forget_inherited()
+        self._owners.forget_inherited()
+
+    def park(self, wait_s: float) -> bool:
+        """Before ``os.fork()``, in the parent: wait for the statement in progress, close
+        the connection (the next statement opens it again) and hold the lock across the
+        fork; ``unpark`` after it. False: another process's spool, or busy past ``wait_s``."""
+        lock = self._lock
+        if self._pid != os.getpid() or not lock.acquire(timeout=wait_s):
+            return False
+        self._parked = lock  # a child may replace _lock before unpark (forget_inherited)
+        db = self._db
+        if db is not None:
+            try:
+                db.close()  # in the process that opened it: the one place it may be closed
+                self._db = None
+            except sqlite3.Error:  # still open: a child keeps it unused (forks.keep_inherited)
+                logger.warning("could not close the spool %s before a fork", self.path)
+        return True
+
+    def unpark(self) -> None:
+        """After the fork (parent and child): the lock ``park`` held."""
+        self._parked.release()
 
     # -- statements -----------------------------------------------------------------
 
@@ -201,7 +238,7 @@ class Spool:
                 if self._closed:
                     raise SpoolError("the spool is closed")
                 db = self._db
-                if db is None:  # busy at open: open it now
+                if db is None:  # busy at open, not opened yet, or closed for a fork
                     db = self._db = self._open_late(wait)
                 db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
                 try:
@@ -221,9 +258,12 @@ class Spool:
 
     def _open_late(self, wait: float) -> sqlite3.Connection:
         try:
-            return self._tuned(open_spool(self.path, wait, self._owners))
-        except Unreadable as exc:
+            forks.refuse_inherited(self.path)
+            db = self._tuned(open_spool(self.path, wait, self._owners))
+        except (Unreadable, forks.InheritedConnection) as exc:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
+        self._was_open = True
+        return db
 
     def _tuned(self, db: sqlite3.Connection) -> sqlite3.Connection:
         with contextlib.suppress(sqlite3.Error):  # a disk too full for it: the next one
@@ -473,6 +513,9 @@ class Spool:
             self.journal.close()  # kept on disk while it holds live records
         got = self._lock.acquire(timeout=wait_s)
         db, self._db = self._db, None
+        if db is None and got and self._was_open and self._pid == os.getpid() and not self._closed:
+            with contextlib.suppress(SpoolError):  # closed for a fork: ended properly below
+                db = self._open_late(wait_s)
         was_closed, self._closed = self._closed, True
         if got:
             self._lock.release()
