@@ -247,8 +247,7 @@ class Pipeline:
         mark = self.ledger.mark()
         self._queue.wake()
         # Nothing can be sent while the API refuses the token: the wait ends when it does.
-        refusing = self._engine.gate.refusing_token
-        pending = self.ledger.wait_for(mark, time.monotonic() + budget, refusing)
+        pending = self.ledger.wait_for(mark, time.monotonic() + budget)
         return self._settler.flush_result(pending)
 
     def close(

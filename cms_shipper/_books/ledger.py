@@ -178,12 +178,11 @@ class Ledger:
         self,
         mark: list[int],
         deadline: Optional[float],
-        give_up: Callable[[], bool] = lambda: False,
     ) -> int:
-        """Wait until every event in ``mark`` has an outcome, ``deadline``, or ``give_up()``.
+        """Wait until every event in ``mark`` has an outcome, ``deadline``, or ``refusing()``.
 
-        ``deadline`` is a ``time.monotonic()`` value (None: no bound). ``give_up`` is asked
-        once the wait is registered and again when ``wake_flushes`` ends it early (the API
+        ``deadline`` is a ``time.monotonic()`` value (None: no bound). ``refusing`` is asked
+        once the wait is registered and again when ``wake_waiters`` ends it early (the API
         refused the token: nothing will be sent). Returns how many of those events are
         still pending.
         """
@@ -199,12 +198,12 @@ class Ledger:
                 self._flushes.remove(flush)
                 return 0
         try:
-            # Asked after registering: a ``wake_flushes`` from now on finds this wait.
-            while not give_up():
+            # Asked after registering: a ``wake_waiters`` from now on finds this wait.
+            while not self.refusing():
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not flush.done.wait(remaining):
                     break
-                with self._lock:  # woken by ``wake_flushes``, or every event settled
+                with self._lock:  # woken by ``wake_waiters``, or every event settled
                     if not flush.pending:
                         break
                     flush.done.clear()
@@ -215,8 +214,8 @@ class Ledger:
         return left
 
     def wake_waiters(self) -> None:
-        """The token was refused: wake every ``wait_for`` (to ask its ``give_up``) and every
-        ``wait_final`` (to ask ``refusing``) again."""
+        """The token was refused: wake every ``wait_for`` and ``wait_final`` to ask
+        ``refusing`` again."""
         with self._lock:
             for flush in self._flushes:
                 flush.done.set()
