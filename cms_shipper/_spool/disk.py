@@ -31,6 +31,7 @@ __all__ = [
     "free_bytes",
     "is_full",
     "on_disk",
+    "rows_per_transaction",
     "tune",
     "wal_bytes",
     "wal_limit",
@@ -50,6 +51,13 @@ def wal_limit(max_bytes: Optional[int]) -> int:
     if max_bytes is None:
         return 1 << 20
     return max(64 << 10, min(1 << 20, max_bytes // 32))
+
+
+def rows_per_transaction(max_bytes: Optional[int]) -> int:
+    """Rows one draining transaction (claim, lease renewal, removal) may change: its WAL
+    frames then fit in the WAL's own blocks (``wal_limit``: two rows a page of it), so on
+    a disk that stays full it reuses them rather than growing the WAL."""
+    return max(32, wal_limit(max_bytes) // 2048)
 
 
 def tune(db: sqlite3.Connection, max_bytes: Optional[int]) -> None:

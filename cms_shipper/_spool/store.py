@@ -289,9 +289,12 @@ class Spool:
         return freed or restarted
 
     def keep_small(self, busy_s: float = 0.05) -> None:
-        """Truncate a WAL grown past its limit; make the reserve again once there is room."""
+        """Bring a WAL grown past its limit back to it; make the reserve again once there is
+        room. The checkpoint is ``RESTART``: the next transaction starts the WAL again from
+        its beginning and SQLite cuts it to ``wal_limit`` (``journal_size_limit``), never
+        to nothing, so on a full disk small transactions reuse blocks it already has."""
         if disk.wal_bytes(self.path) > disk.wal_limit(self._max_bytes):
-            self._run_plain(disk.checkpoint, busy_s)
+            self._run_plain(functools.partial(disk.checkpoint, mode="RESTART"), busy_s)
         self._reserve.ensure(self._max_bytes, self.path)
 
     def _run_plain(self, work: Callable[[sqlite3.Connection], Any], busy_s: float) -> Any:
@@ -345,6 +348,15 @@ class Spool:
         gone, freed = list(remove), list(release)
         if not (gone or freed or add or move):
             return Added([], [])
+        step = disk.rows_per_transaction(self._max_bytes)
+        if not (add or move) and len(gone) + len(freed) > step:
+            # Only draining (the heartbeat's rows left behind can be thousands): in
+            # transactions of a few hundred rows, each within the WAL's blocks.
+            for i in range(0, len(gone), step):
+                self.apply(remove=gone[i : i + step], busy_s=busy_s)
+            for i in range(0, len(freed), step):
+                self.apply(release=freed[i : i + step], busy_s=busy_s)
+            return Added([], [])
         delta: Counter[str] = Counter()
         kept: set[str] = set()  # moves that failed on their own stay in the journal
 
@@ -380,10 +392,35 @@ class Spool:
         return disk.budget(db, self.path, self._max_bytes, self._reserve.missing())
 
     def claim(self, limit: int, busy_s: Optional[float] = None) -> list[Event]:
-        """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order."""
+        """Lease up to ``limit`` events to this owner: per customer, a prefix in tracking order.
+
+        In transactions of ``rows_per_transaction`` rows (a full disk: each fits in the
+        WAL's blocks); a later one that fails ends the claim with what is leased so far. A
+        customer leased by an earlier one is skipped by the next (its rest waits its turn).
+        """
+        step = disk.rows_per_transaction(self._max_bytes)
+        events = more = self._claim(min(limit, step), busy_s)
+        while len(more) == step and len(events) < limit:
+            try:
+                more = self._claim(min(limit - len(events), step), busy_s, take_over=False)
+            except SpoolError:
+                break  # those before are leased to us already: hand them over
+            events = events + more
+        return events
+
+    def _claim(self, limit: int, busy_s: Optional[float], take_over: bool = True) -> list[Event]:
+        """One claiming transaction; the first of a pass takes dead owners' rows over too."""
         if limit <= 0:
             return []
         now = self._clock()
+        if not take_over:
+            leased: list[Event] = []
+
+            def plain(db: sqlite3.Connection) -> None:
+                leased[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
+
+            self._run(plain, busy_s, lambda: self.lines.claimed(leased))
+            return leased
         dead: list[str] = []
         taken: list[tuple[str, int]] = []
         events: list[Event] = []
@@ -461,17 +498,27 @@ class Spool:
     def renew(self, busy_s: Optional[float] = None) -> int:
         """Heartbeat: our owners row and our claims' leases to now + lease_s; claims renewed."""
         until = self._clock() + self._lease_s
+        step = disk.rows_per_transaction(self._max_bytes)
 
         def work(db: sqlite3.Connection) -> int:
             db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (self.owner, until))
-            # Only claimed rows are leased (replays in flight: few), found by events_lease.
+            return leases(db)
+
+        def leases(db: sqlite3.Connection) -> int:
+            # Claimed rows only (replays in flight), found by events_lease; a few hundred a
+            # transaction (``rows_per_transaction``), those not renewed yet.
             count: int = db.execute(
-                "UPDATE events SET lease_until = ? WHERE lease_until > 0 AND lease_owner = ?",
-                (until, self.owner),
+                "UPDATE events SET lease_until = ? WHERE seq IN (SELECT seq FROM events"
+                " WHERE lease_until > 0 AND lease_until < ? AND lease_owner = ? LIMIT ?)",
+                (until, until, self.owner, step),
             ).rowcount
             return count
 
-        renewed: int = self._run(work, busy_s)
+        count: int = self._run(work, busy_s)
+        renewed = count
+        while count == step:
+            count = self._run(leases, busy_s)
+            renewed += count
         self.journal.registered = True
         self.journal.tidy()  # files whose records are all done
         self.keep_small()
