@@ -1,7 +1,9 @@
 """The on-disk spool: the local implementation of the durability port (one host).
 
 ``keeper`` implements the port (write ahead, hold back, settle, replay) and decides;
-``store`` is the SQLite file, ``journal`` the memory-mapped write-ahead records,
+``store`` is the SQLite file's rows (``connection`` opens it and runs its transactions,
+``disk`` keeps its files within bounds), ``journal`` writes the memory-mapped
+write-ahead records (``records``: their format, a dead owner's files read back),
 ``owners`` the per-process lock files (crash recovery), ``order`` the per-customer counts
 that keep order through the spool, ``plan`` turns outcomes into row changes, ``rows``
 the SQL, ``replay`` the thread that feeds spooled events back, ``status`` reads a spool

@@ -8,13 +8,13 @@ this owner, ``<spool>.owners/<owner>.<n>.journal``, mapped into memory (``mmap``
 writes back even if the process is killed (SIGKILL, OOM). A power loss of the machine may
 lose recent records, as with the spool's ``synchronous=NORMAL``.
 
-A record is ``[length u32][crc32 u32][state u8][body]``; the body is the event as JSON.
-The length is written while the writer holds the journal's lock (so the file can always be
-walked), then the body, the checksum and last the state ``LIVE``. A final answer sets the
-state to ``DONE`` (one byte: no I/O, no transaction); a spill moves the event into the
-spool's ``events`` table and then marks it ``DONE``. A file whose records are all done is
-deleted once a newer one is in use. When the owner dies, another process reads its live
-records (``read_live``), moves them into ``events`` and deletes its files.
+Records are in ``records``' format: the length is written while the writer holds the
+file's lock (so the file can always be walked), then the body, the checksum and last the
+state ``LIVE``. A final answer sets the state to ``DONE`` (one byte: no I/O, no
+transaction); a spill moves the event into the spool's ``events`` table and then marks it
+``DONE``. A file whose records are all done is deleted once a newer one is in use. When
+the owner dies, another process reads its live records (``records.read_live``), moves
+them into ``events`` and deletes its files.
 
 Files are allocated in full when created (``posix_fallocate`` where available), so a full
 disk shows up as a failed ``track_*`` write-ahead (counted, kept in memory), never as a
@@ -24,54 +24,27 @@ SIGBUS later.
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import mmap
 import os
-import struct
 import threading
 import zlib
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
 from cms_shipper._spool.disk import free_bytes, on_disk, wal_limit
+from cms_shipper._spool.records import DONE, HEADER, LENGTH, LIVE, SUFFIX, all_done, encode
 
-__all__ = [
-    "FAILED",
-    "FULL",
-    "Journal",
-    "JournalError",
-    "Live",
-    "journal_files",
-    "mark_done",
-    "read_live",
-]
+__all__ = ["FAILED", "FULL", "MAX_FILES", "SEGMENT_BYTES", "Journal", "JournalError"]
 
 FULL = 0  # write(): over max_bytes, not stored
 FAILED = -1  # write(): this event cannot be stored (encoding, or the journal failed)
 SEGMENT_BYTES = 1 << 20  # one journal file; its records' handles are n * SEGMENT_BYTES + offset
-_LENGTH = struct.Struct("<I")
-_HEADER = 9  # length, crc32, state
-_LIVE, _DONE = 1, 2
-_SUFFIX = ".journal"
 MAX_FILES = 4  # files a process writes into at once, however many threads write
 
 
 class JournalError(Exception):
     """The journal cannot take a write now (closed, not registered, no file)."""
-
-
-def _encode(event: Event) -> bytes:
-    record = [
-        event.event_id,
-        event.endpoint,
-        event.customer_key,
-        event.payload,
-        event.tracked_at,
-        event.timestamp,
-    ]
-    return json.dumps(record, separators=(",", ":")).encode("ascii")
 
 
 class _Segment:
@@ -92,19 +65,6 @@ class _Segment:
         """Writers still alive (ended ones are forgotten)."""
         self.threads = [thread for thread in self.threads if thread.is_alive()]
         return len(self.threads)
-
-
-def _all_done(mm: mmap.mmap, end: int) -> bool:
-    """True when every record up to ``end`` is done (one being written is not)."""
-    offset = 0
-    while offset + _HEADER <= end:
-        (length,) = _LENGTH.unpack_from(mm, offset)
-        if length == 0:
-            return True
-        if mm[offset + 8] != _DONE:
-            return False
-        offset += _HEADER + length
-    return True
 
 
 class Journal:
@@ -181,7 +141,7 @@ class Journal:
         """Create a file, allocate it in full and map it (under the lock)."""
         self._numbers += 1
         number = self._numbers
-        path = f"{self._prefix}.{number}{_SUFFIX}"
+        path = f"{self._prefix}.{number}{SUFFIX}"
         try:
             os.makedirs(self._directory, mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -205,11 +165,11 @@ class Journal:
         """Store ``event``; its handle (> 0), ``FULL`` or ``FAILED``. No I/O, no wait,
         except to start a new file (one write in several thousand)."""
         try:
-            body = _encode(event)
+            body = encode(event)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             logger.debug("cannot store event %r: %s", event.event_id, exc)
             return FAILED
-        size = _HEADER + len(body)
+        size = HEADER + len(body)
         if size > SEGMENT_BYTES:
             return FAILED
         if not self.registered:
@@ -227,15 +187,15 @@ class Journal:
                 if offset + size <= SEGMENT_BYTES:
                     segment.end = offset + size
                     try:
-                        mm[offset : offset + 4] = _LENGTH.pack(len(body))
+                        mm[offset : offset + 4] = LENGTH.pack(len(body))
                     except ValueError as exc:  # closed meanwhile
                         raise JournalError("the spool is closed") from exc
                     break
             # another writer took the last of its room: start again (the loop's test)
         try:
-            mm[offset + _HEADER : offset + size] = body
-            mm[offset + 4 : offset + 8] = _LENGTH.pack(zlib.crc32(body))
-            mm[offset + 8] = _LIVE
+            mm[offset + HEADER : offset + size] = body
+            mm[offset + 4 : offset + 8] = LENGTH.pack(zlib.crc32(body))
+            mm[offset + 8] = LIVE
         except ValueError as exc:  # closed meanwhile
             raise JournalError("the spool is closed") from exc
         return segment.number * SEGMENT_BYTES + offset + 1
@@ -247,14 +207,14 @@ class Journal:
             segment = self._segments.get(number)
             if segment is not None:
                 with contextlib.suppress(ValueError, IndexError):  # tidied or closed meanwhile
-                    segment.mm[offset + 8] = _DONE
+                    segment.mm[offset + 8] = DONE
 
     def tidy(self) -> None:
         """Delete files whose records are all done that nobody alive writes into (or full)."""
         with self._lock:
             for segment in list(self._segments.values()):
                 in_use = not segment.retired and segment.users() > 0
-                if not in_use and _all_done(segment.mm, segment.end):
+                if not in_use and all_done(segment.mm, segment.end):
                     self._drop(segment)
 
     def _drop(self, segment: _Segment) -> None:
@@ -268,7 +228,7 @@ class Journal:
     def holds_live(self) -> bool:
         """True while some record here is live (its event has no answer yet)."""
         with self._lock:
-            return not all(_all_done(s.mm, s.end) for s in self._segments.values())
+            return not all(all_done(s.mm, s.end) for s in self._segments.values())
 
     def close(self) -> None:
         """Unmap the files; delete them unless records are live (another process takes
@@ -277,7 +237,7 @@ class Journal:
             if self._closed:
                 return
             self._closed = True
-            live = not all(_all_done(s.mm, s.end) for s in self._segments.values())
+            live = not all(all_done(s.mm, s.end) for s in self._segments.values())
             for segment in list(self._segments.values()):
                 if live:
                     with contextlib.suppress(OSError, ValueError):
@@ -305,69 +265,3 @@ def files_for(max_bytes: Optional[int]) -> int:
 
 class _Full(Exception):
     """A new file would take the spool past ``max_bytes``."""
-
-
-class Live(NamedTuple):
-    """The live records of a dead owner's journal files (and where each is: file, offset)."""
-
-    events: list[Event]
-    files: list[str]
-    where: list[tuple[str, int]]
-
-
-def mark_done(where: list[tuple[str, int]]) -> None:
-    """Mark records of a dead owner's files done (one byte each, in place: no new space)."""
-    by_file: dict[str, list[int]] = {}
-    for path, offset in where:
-        by_file.setdefault(path, []).append(offset)
-    for path, offsets in by_file.items():
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            for offset in offsets:
-                os.pwrite(fd, bytes([_DONE]), offset + 8)
-        except OSError as exc:
-            logger.warning("cannot mark records done in %s: %s", path, exc)
-        finally:
-            os.close(fd)
-
-
-def journal_files(directory: str) -> dict[str, list[str]]:
-    """Journal files in ``directory``, by owner name (as in its lock file's name)."""
-    out: dict[str, list[str]] = {}
-    for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*" + _SUFFIX))):
-        name = os.path.basename(path)[: -len(_SUFFIX)].rsplit(".", 1)[0]
-        out.setdefault(name, []).append(path)
-    return out
-
-
-def read_live(files: list[str]) -> Live:
-    """Every live record in ``files``, oldest first; torn or corrupt ones are skipped."""
-    events: list[Event] = []
-    where: list[tuple[str, int]] = []
-    for path in files:
-        try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except OSError as exc:
-            logger.warning("cannot read the spool journal %s: %s", path, exc)
-            continue
-        offset = 0
-        while offset + _HEADER <= len(data):
-            (length,) = _LENGTH.unpack_from(data, offset)
-            if length == 0:
-                break  # the end of what was written
-            body = bytes(data[offset + _HEADER : offset + _HEADER + length])
-            if data[offset + 8] == _LIVE and _LENGTH.unpack_from(data, offset + 4)[0] == zlib.crc32(
-                body
-            ):
-                try:
-                    event_id, endpoint, _customer, payload, tracked_at, timestamp = json.loads(body)
-                    events.append(Event.of(event_id, endpoint, payload, tracked_at, timestamp))
-                    where.append((path, offset))
-                except (ValueError, TypeError) as exc:
-                    logger.warning("skipped a bad record in %s: %s", path, exc)
-            offset += _HEADER + length
-    return Live(events, files, where)

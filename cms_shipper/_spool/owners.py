@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Optional
 
 from cms_shipper._spool import rows
-from cms_shipper._spool.journal import journal_files, read_live
+from cms_shipper._spool.records import journal_files, read_live
 
 try:
     import fcntl

@@ -15,8 +15,8 @@ from typing import Optional
 from urllib.parse import quote
 
 from cms_shipper._log import logger
-from cms_shipper._spool.journal import journal_files, read_live
 from cms_shipper._spool.owners import Owners
+from cms_shipper._spool.records import journal_files, read_live
 
 __all__ = [
     "SpoolBusy",

@@ -1,59 +1,52 @@
 """The on-disk spool: a SQLite file (WAL) of event payloads, shared safely by processes.
 
-Storage only: no threads, no HTTP, no policy (``_spooling`` decides what goes in and out).
+Storage only: no threads, no HTTP, no policy (``keeper`` decides what goes in and out).
 The ``events`` table holds events waiting for a replay (spilled, left at shutdown, held
 back behind their customer's, a dead process's), each *claimed* by one process at a time
 through a lease. Written-ahead events, the live events of the process that wrote them, are
-in that process's memory-mapped journal (``_spool_ahead``) instead: marked done once
-answered, moved into ``events`` when spilled or held back. A process's leases and journal
-are taken over at once when it dies (its owner lock file, ``_spool_owners``, is then
-free), or once its heartbeat row (``owners``) or lease has passed where the OS cannot tell
-(no ``fcntl``, a network filesystem). Claims take, per customer, a prefix of its events in
-tracking order and skip customers leased by another process.
+in that process's memory-mapped journal (``journal``) instead: marked done once answered,
+moved into ``events`` when spilled or held back. A process's leases and journal are taken
+over at once when it dies (its owner lock file, ``owners``, is then free), or once its
+heartbeat row (``owners``) or lease has passed where the OS cannot tell (no ``fcntl``, a
+network filesystem). Claims take, per customer, a prefix of its events in tracking order
+and skip customers leased by another process.
 
-``lines`` (``_spool_order.Lines``) says which customers this process must hold back
-for order; it is kept in step with every transaction on the main connection and recounted
-by ``refresh``, so rows another process adds are seen at the next ``refresh``.
+``lines`` (``order.Lines``) says which customers this process must hold back for order;
+it is kept in step with every transaction on the main connection and recounted by
+``refresh``, so rows another process adds are seen at the next ``refresh``.
 
-Every wait for the file's lock is bounded (``busy_s``, per call); a busy file raises
-``SpoolBusy`` and is never treated as corrupt. One event that cannot be stored (encoding,
-SQLite) is reported in ``Added.failed`` and the rest of the batch is stored.
-
-Durability: WAL with ``synchronous=NORMAL`` and the journal's shared mappings survive the
-process being killed (SIGKILL), not a power loss of the machine. Rows and records hold the
-event's payload, never the token.
+``Spool`` is what the transactions do to rows; opening the file, forks, running each
+transaction (bounded waits, room made on a full disk) and closing are its base's,
+``connection.SpoolConnection``. Draining transactions (claims, lease renewals, removals)
+change at most ``disk.rows_per_transaction`` rows each, so that on a disk that stays full
+each fits in the WAL's blocks. One event that cannot be stored (encoding, SQLite) is
+reported in ``Added.failed`` and the rest of the batch is stored. Rows and records hold
+the event's payload, never the token.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import os
-import secrets
-import socket
 import sqlite3
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
-from cms_shipper._spool import disk, forks, rows
-from cms_shipper._spool.journal import FAILED, FULL, Journal, JournalError, mark_done
-from cms_shipper._spool.order import Lines
-from cms_shipper._spool.owners import Owners, name_of, take_over_dead
+from cms_shipper._spool import disk, rows
+from cms_shipper._spool.connection import SpoolConnection
+from cms_shipper._spool.journal import FAILED, FULL, JournalError
+from cms_shipper._spool.owners import take_over_dead
+from cms_shipper._spool.records import mark_done
 from cms_shipper._spool.rows import Added, JournalRecord
 from cms_shipper._spool.status import (
     SpoolBusy,
     SpoolError,
     SpoolFull,
     SpoolStatus,
-    Unreadable,
-    is_busy,
-    open_spool,
     query_status,
 )
 
@@ -81,236 +74,8 @@ def _with_cap(
     work(db, cap)
 
 
-def _transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any]) -> Any:
-    """``work`` in one IMMEDIATE transaction, rolled back if it (or the commit) fails."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        out = work(db)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return out
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-class Spool:
+class Spool(SpoolConnection):
     """Durable, multi-process-safe store of event payloads (never the token)."""
-
-    def __init__(
-        self,
-        path: Union[str, os.PathLike[str]],
-        *,
-        max_bytes: Optional[int] = 50 * 2**20,
-        lease_s: float = 60.0,
-        owner: Optional[str] = None,
-        clock: Callable[[], float] = time.time,
-        busy_s: float = 2.0,
-        connect: bool = True,
-    ) -> None:
-        self.path = os.fspath(path)
-        self._max_bytes = max_bytes
-        self._lease_s = lease_s
-        self._clock = clock
-        self._busy_s = busy_s
-        self.owner = owner or _owner()
-        self._lock = threading.Lock()
-        self._db: Optional[sqlite3.Connection] = None
-        self._pid = os.getpid()
-        self._owners = Owners(self.path)
-        self._reserve = disk.Reserve(self.path, disk.wal_limit(max_bytes))
-        self._chunked = False  # a full disk: dead owners' journals are taken over in chunks
-        self.lines = Lines()  # which customers wait for their spooled events
-        self.journal = self._journal()
-        self._was_open = False  # opened once: close() must end our rows' ownership
-        self._parked = self._lock  # the lock park() holds across a fork
-        self._open(connect)
-        forks.track(self)  # closed before each fork, reopened after (``_spool.forks``)
-
-    def _journal(self) -> Journal:
-        return Journal(self._owners.directory, name_of(self.owner), max_bytes=self._max_bytes)
-
-    def _open(self, connect: bool = True) -> None:
-        try:
-            forks.refuse_inherited(self.path)
-        except forks.InheritedConnection as exc:
-            raise SpoolError(str(exc)) from exc
-        # Hold our owner lock first: from here on, probes see this process as alive, so the
-        # journal may take records at once. Without locks (no fcntl, a network disk) only
-        # our heartbeat row shows that, so the journal waits for it (``renew``).
-        self.journal.registered = self._owners.hold(self.owner)
-        self._closed = False
-        if not connect:  # the first statement opens the file (``_open_late``)
-            return
-        try:
-            self._db = self._tuned(open_spool(self.path, self._busy_s, self._owners))
-            self._was_open = True
-        except SpoolBusy:
-            # Busy longer than busy_s (another process creating the file, converting it or
-            # recovering its WAL). The journal needs only our owner lock: it takes records
-            # now, and the first statement (the heartbeat's) opens the file.
-            if not self.journal.registered:
-                self._owners.release()
-                raise
-            return
-        except BaseException:
-            self._owners.release()
-            raise
-        # Our heartbeat row (the fallback where locks tell nothing). Opening must not wait
-        # on a busy file for it: the replay heartbeat writes it soon anyway.
-        with contextlib.suppress(SpoolError):
-            self.renew(busy_s=min(self._busy_s, 0.05))
-
-    @property
-    def opened(self) -> bool:
-        """False while the file was too busy to open (the journal works meanwhile)."""
-        return self._db is not None
-
-    def reopen(self) -> None:
-        """After ``os.fork()``: a new owner; the file opens at the first statement."""
-        self.forget_inherited()
-        self.lines = Lines()  # the parent's claims are the parent's
-        self._pid = os.getpid()
-        self.owner = _owner()
-        self.journal = self._journal()
-        self._was_open = False
-        self._open(connect=False)
-
-    def forget_inherited(self) -> None:
-        """In a forked child: let go of the parent's connection, journal and owner lock
-        without touching them (a connection still open is kept, never used nor closed)."""
-        self._lock = threading.Lock()  # a parent thread may have held it at the fork
-        db, self._db = self._db, None
-        if db is not None:  # forked without our hook (``_spool.forks``): the parent's, open
-            forks.keep_inherited(self.path, db)
-        self.journal.forget_inherited()
-        self._owners.forget_inherited()
-
-    def park(self, wait_s: float) -> bool:
-        """Before ``os.fork()``, in the parent: wait for the statement in progress, close
-        the connection (the next statement opens it again) and hold the lock across the
-        fork; ``unpark`` after it. False: another process's spool, or busy past ``wait_s``."""
-        lock = self._lock
-        if self._pid != os.getpid() or not lock.acquire(timeout=wait_s):
-            return False
-        self._parked = lock  # a child may replace _lock before unpark (forget_inherited)
-        db = self._db
-        if db is not None:
-            try:
-                db.close()  # in the process that opened it: the one place it may be closed
-                self._db = None
-            except sqlite3.Error:  # still open: a child keeps it unused (forks.keep_inherited)
-                logger.warning("could not close the spool %s before a fork", self.path)
-        return True
-
-    def unpark(self) -> None:
-        """After the fork (parent and child): the lock ``park`` held."""
-        self._parked.release()
-
-    # -- statements -----------------------------------------------------------------
-
-    def _run(
-        self,
-        work: Callable[[sqlite3.Connection], Any],
-        busy_s: Optional[float],
-        committed: Optional[Callable[[], None]] = None,
-        drains: bool = True,
-    ) -> Any:
-        """Run ``work`` in one IMMEDIATE transaction, waiting at most ``busy_s`` for locks.
-
-        ``committed`` runs after the commit, still under the lock: it updates ``lines``,
-        so a concurrent ``refresh`` never counts a change twice or misses it. On a full
-        disk, work that ``drains`` the spool (claims, heartbeats, removals, take-overs)
-        frees the reserve and truncates the WAL, then runs once more; new rows do not:
-        they would eat the room replay needs.
-        """
-        if self._pid != os.getpid():
-            self.reopen()
-        wait = self._busy_s if busy_s is None else max(0.0, busy_s)
-        if not self._lock.acquire(timeout=wait):
-            raise SpoolBusy(f"spool {self.path}: in use by another thread of this process")
-        try:
-            try:
-                if self._closed:
-                    raise SpoolError("the spool is closed")
-                db = self._db
-                if db is None:  # busy at open, not opened yet, or closed for a fork
-                    db = self._db = self._open_late(wait)
-                db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-                try:
-                    out = _transaction(db, work)
-                except sqlite3.OperationalError as exc:
-                    if not (drains and disk.is_full(exc)) or not self._make_room(db):
-                        raise
-                    out = _transaction(db, work)  # once more, with the room made
-                if committed is not None:
-                    committed()
-                return out
-            except sqlite3.Error as exc:
-                kind = SpoolBusy if is_busy(exc) else SpoolFull if disk.is_full(exc) else SpoolError
-                raise kind(f"spool {self.path}: {exc}") from exc
-        finally:
-            self._lock.release()
-
-    def _open_late(self, wait: float) -> sqlite3.Connection:
-        try:
-            forks.refuse_inherited(self.path)
-            db = self._tuned(open_spool(self.path, wait, self._owners))
-        except (Unreadable, forks.InheritedConnection) as exc:
-            raise SpoolError(f"spool {self.path}: {exc}") from exc
-        self._was_open = True
-        return db
-
-    def _tuned(self, db: sqlite3.Connection) -> sqlite3.Connection:
-        with contextlib.suppress(sqlite3.Error):  # a disk too full for it: the next one
-            disk.tune(db, self._max_bytes)
-            self._reserve.ensure(self._max_bytes, self.path)
-        return db
-
-    def _make_room(self, db: sqlite3.Connection) -> bool:
-        """The disk is full: free the reserve and truncate the WAL; True if either helped."""
-        # The reserve's bytes let the checkpoint grow the database; RESTART (not TRUNCATE)
-        # keeps the WAL's file, so the next transactions reuse its space from the start.
-        freed = self._reserve.free()
-        try:
-            restarted = disk.checkpoint(db, "RESTART")
-        except sqlite3.Error:
-            restarted = False
-        if freed or restarted:
-            logger.warning(
-                "the disk of the spool %s is full; %s to go on",
-                self.path,
-                "freed its reserve and checkpointed" if freed else "checkpointed",
-            )
-        return freed or restarted
-
-    def keep_small(self, busy_s: float = 0.05) -> None:
-        """Bring a WAL grown past its limit back to it; make the reserve again once there is
-        room. The checkpoint is ``RESTART``: the next transaction starts the WAL again from
-        its beginning and SQLite cuts it to ``wal_limit`` (``journal_size_limit``), never
-        to nothing, so on a full disk small transactions reuse blocks it already has."""
-        if disk.wal_bytes(self.path) > disk.wal_limit(self._max_bytes):
-            self._run_plain(functools.partial(disk.checkpoint, mode="RESTART"), busy_s)
-        self._reserve.ensure(self._max_bytes, self.path)
-
-    def _run_plain(self, work: Callable[[sqlite3.Connection], Any], busy_s: float) -> Any:
-        """Run ``work`` outside a transaction (a checkpoint), waiting at most ``busy_s``."""
-        if self._pid != os.getpid() or not self._lock.acquire(timeout=busy_s):
-            return None
-        try:
-            db = self._db
-            if db is None or self._closed:
-                return None
-            db.execute(f"PRAGMA busy_timeout = {int(busy_s * 1000)}")
-            return work(db)
-        except sqlite3.Error as exc:
-            raise (SpoolBusy if is_busy(exc) else SpoolError)(f"spool {self.path}: {exc}") from exc
-        finally:
-            self._lock.release()
 
     def write_ahead(self, event: Event) -> int:
         """Journal a live event of this process: its handle, ``FULL`` or ``FAILED``."""
@@ -552,42 +317,3 @@ class Spool:
         count: int = self._run(work, None, lambda: self.lines.recount({}))
         self._bury(dead)
         return count
-
-    def close(self, wait_s: float = 0.25) -> None:
-        """Close the connections and end our ownership; idempotent, waits at most ``wait_s``."""
-        live = self.journal.holds_live() if self._pid == os.getpid() else False
-        if self._pid == os.getpid():
-            self.journal.close()  # kept on disk while it holds live records
-        got = self._lock.acquire(timeout=wait_s)
-        db, self._db = self._db, None
-        if db is None and got and self._was_open and self._pid == os.getpid() and not self._closed:
-            with contextlib.suppress(SpoolError):  # closed for a fork: ended properly below
-                db = self._open_late(wait_s)
-        was_closed, self._closed = self._closed, True
-        if got:
-            self._lock.release()
-        if db is None and not was_closed and got and self._pid == os.getpid():
-            self._owners.release(keep_file=live)  # never opened (busy): the journal's lock
-            return
-        if db is None or self._pid != os.getpid() or not got:
-            return  # another thread is still in a statement: exit closes the rest
-        held: object = True
-        try:
-            # With rows still ours, the lock file stays (unlocked once closed) and our
-            # heartbeat row ends now, so another process takes them over at once.
-            held = (
-                live
-                or db.execute(
-                    "SELECT 1 FROM events WHERE lease_owner = ? AND lease_until > 0 LIMIT 1",
-                    (self.owner,),
-                ).fetchone()
-            )
-            db.execute("PRAGMA busy_timeout = 250")
-            if held:
-                db.execute("UPDATE owners SET until = 0 WHERE owner = ?", (self.owner,))
-            else:
-                db.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
-        except sqlite3.Error:
-            pass  # held: as read, or True if unknown
-        db.close()
-        self._owners.release(keep_file=bool(held))

@@ -18,8 +18,9 @@ from cms_shipper._books.outcomes import dropped
 from cms_shipper._events.build import Event, build_lead, build_sale
 from cms_shipper._log import RateLimitedLog
 from cms_shipper._spool import journal as _spool_ahead
-from cms_shipper._spool.journal import FULL, Journal, journal_files, read_live
+from cms_shipper._spool.journal import FULL, Journal
 from cms_shipper._spool.keeper import SPILLED, SpoolKeeper
+from cms_shipper._spool.records import journal_files, read_live
 from cms_shipper._spool.status import read_status
 from cms_shipper._spool.store import JournalRecord, Spool, SpoolBusy, SpoolError
 from cms_shipper.results import Outcome, Reason, Result, Tracked
