@@ -12,7 +12,9 @@
    leads against a closed port, in steps of 500 it lets settle, and is killed with
    SIGKILL. A new process with the emulator up and ``spool_replay_interval_s=0.2`` is then
    timed from ``Popen`` until every event the first one kept (spooled, or live in its
-   journal) is recorded; ``missing`` and ``dup`` must be 0.
+   journal) is recorded, and until the spool file holds no row (``to empty s``; waited
+   for at most 15 s more, the disk still full); ``missing``, ``dup`` and ``left`` (rows
+   still in the file once it closed: a later process would send them again) must be 0.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -158,6 +161,18 @@ def _mount(folder: str) -> str:
     return "" if done.returncode == 0 else f"skipped: cannot mount ({done.stderr.strip()})"
 
 
+def _rows(path: str) -> Any:
+    """Rows still in the spool file (read-only), or '?' if it cannot be read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return "?"
+
+
 def full_disk_run(emulator: EmulatorProcess, events: int) -> Dict[str, Any]:
     folder = tempfile.mkdtemp(prefix="cms-spool-disk-")
     why = _mount(folder)
@@ -183,14 +198,20 @@ def full_disk_run(emulator: EmulatorProcess, events: int) -> Dict[str, Any]:
                 break
             time.sleep(0.1)
         drained = time.monotonic() - started
+        while time.monotonic() - started < drained + 15.0 and _rows(path) != 0:
+            time.sleep(0.1)  # every delivered row removed, on the disk that is still full
+        emptied = time.monotonic() - started
         restarted.communicate("stop\n", timeout=30)
+        left = _rows(path)
         return {
             "kept": len(kept),
             "dropped": report["dropped"],
             "free_kb": free // 1024,
             "drain_s": drained if kept <= set(seen) else None,
+            "empty_s": emptied if left == 0 else None,
             "missing": len(kept - set(seen)),
             "dup": sum(c - 1 for c in seen.values()),
+            "left": left,
         }
     finally:
         subprocess.run([shutil.which("umount") or "umount", "-l", folder], check=False)
@@ -213,6 +234,9 @@ def run_full_disk(runs: int, events: int) -> None:
         return ",".join(str(r[name]) for r in done)
 
     drain = _spread(drains, "{:.1f}") if drains else "never"
-    rows = [[each("kept"), each("dropped"), each("free_kb"), drain, each("missing"), each("dup")]]
+    empties = [r["empty_s"] for r in done if r["empty_s"] is not None]
+    empty = _spread(empties, "{:.1f}") if empties else "never"
+    rows = [[each("kept"), each("dropped"), each("free_kb"), drain, empty, each("missing"),
+             each("dup"), each("left")]]  # fmt: skip
     print(table(["kept", "dropped", "free KiB when killed", "to all delivered s",
-                 "missing", "dup"], rows, left=0))  # fmt: skip
+                 "to empty s", "missing", "dup", "left"], rows, left=0))  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import functools
 import os
 import secrets
 import socket
@@ -188,7 +187,7 @@ class SpoolConnection(abc.ABC):
         ``committed`` runs after the commit, still under the lock: it updates ``lines``,
         so a concurrent ``refresh`` never counts a change twice or misses it. On a full
         disk, work that ``drains`` the spool (claims, heartbeats, removals, take-overs)
-        frees the reserve and truncates the WAL, then runs once more; new rows do not:
+        frees the reserve and checkpoints (``RESTART``), then runs once more; new rows do not:
         they would eat the room replay needs.
         """
         if self._pid != os.getpid():
@@ -235,12 +234,12 @@ class SpoolConnection(abc.ABC):
         return db
 
     def _make_room(self, db: sqlite3.Connection) -> bool:
-        """The disk is full: free the reserve and truncate the WAL; True if either helped."""
+        """The disk is full: free the reserve and checkpoint; True if either helped."""
         # The reserve's bytes let the checkpoint grow the database; RESTART (not TRUNCATE)
         # keeps the WAL's file, so the next transactions reuse its space from the start.
         freed = self._reserve.free()
         try:
-            restarted = disk.checkpoint(db, "RESTART")
+            restarted = disk.checkpoint(db)
         except sqlite3.Error:
             restarted = False
         if freed or restarted:
@@ -257,7 +256,7 @@ class SpoolConnection(abc.ABC):
         its beginning and SQLite cuts it to ``wal_limit`` (``journal_size_limit``), never
         to nothing, so on a full disk small transactions reuse blocks it already has."""
         if disk.wal_bytes(self.path) > disk.wal_limit(self._max_bytes):
-            self._run_plain(functools.partial(disk.checkpoint, mode="RESTART"), busy_s)
+            self._run_plain(disk.checkpoint, busy_s)
         self._reserve.ensure(self._max_bytes, self.path)
 
     def _run_plain(self, work: Callable[[sqlite3.Connection], Any], busy_s: float) -> Any:

@@ -4,15 +4,21 @@ never leaves the spool stuck.
 Files counted (``on_disk``): the SQLite file, its WAL and shared-memory index, every
 process's journal files (``<spool>.owners/*.journal``) and the reserve. The WAL is kept
 small: SQLite checkpoints it once it holds ``wal_limit`` bytes (``wal_autocheckpoint``) and
-truncates it back to that size after a checkpoint (``journal_size_limit``); the heartbeat
-checkpoints with ``TRUNCATE`` when it is larger anyway (a reader held it back).
+cuts it back to that size when it starts again (``journal_size_limit``); the heartbeat
+checkpoints with ``RESTART`` when it is larger anyway (a reader held it back).
 
 A checkpoint copies pages from the WAL into the database file, which may have to grow
-first, and in WAL mode even a delete needs room in the WAL. So the spool owns a *reserve*
-(``<spool>.owners/reserve``, ``wal_limit`` bytes, allocated when there is room): when a
-statement fails with "database or disk is full", the spool deletes the reserve,
-checkpoints with ``TRUNCATE`` (the WAL's space goes back to the filesystem) and tries once
-more (``Spool._run``). The reserve is made again once the disk has room (``ensure``).
+first, and in WAL mode even a delete needs room in the WAL. On a disk that stays full:
+
+- the WAL is never truncated to nothing, and transactions that drain the spool (claims,
+  lease renewals, removals) change at most ``rows_per_transaction`` rows each, so once a
+  checkpoint has run they reuse the WAL's own blocks and need no new ones;
+- the spool owns a *reserve* (``<spool>.owners/reserve``, ``wal_limit`` bytes, allocated
+  when there is room): when a draining statement fails with "database or disk is full",
+  the spool deletes the reserve, checkpoints with ``RESTART`` (the database grows into
+  the reserve's room; the WAL keeps its file and starts again from its beginning) and
+  tries once more (``SpoolConnection._run``). The reserve is made again once the disk
+  has room (``ensure``).
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ def rows_per_transaction(max_bytes: Optional[int]) -> int:
 
 
 def tune(db: sqlite3.Connection, max_bytes: Optional[int]) -> None:
-    """Keep this connection's WAL near ``wal_limit``: checkpoint there, truncate back to it."""
+    """Keep this connection's WAL near ``wal_limit``: checkpoint there, cut back to it."""
     limit = wal_limit(max_bytes)
     page = int(db.execute("PRAGMA page_size").fetchone()[0])
     db.execute(f"PRAGMA wal_autocheckpoint = {max(16, limit // page)}")
@@ -134,10 +140,11 @@ def is_full(exc: BaseException) -> bool:
     return "full" in str(exc).lower()
 
 
-def checkpoint(db: sqlite3.Connection, mode: str = "TRUNCATE") -> bool:
-    """Copy the WAL into the database and start it again from the beginning (``TRUNCATE``:
-    and give its space back); False if a reader or writer held part of it back."""
-    row = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+def checkpoint(db: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database; the next transaction starts the WAL again from its
+    beginning, in the blocks it has (``RESTART``: the file is kept, cut back to
+    ``wal_limit`` by ``journal_size_limit``). False if a reader or writer held part back."""
+    row = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
     return bool(row is not None and row[0] == 0)
 
 
