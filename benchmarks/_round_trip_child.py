@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 from urllib.parse import urlsplit
 
 import requests
@@ -44,6 +44,17 @@ def _fields(i: int) -> Dict[str, str]:
         "customer_email": f"user{i}@example.com",
         "customer_avatar": f"https://example.com/avatars/{i}.png",
     }
+
+
+def _in_lanes(lane: Callable[[int], None], lanes: int) -> float:
+    """Run ``lane(k)`` for each lane in a thread of its own, to the end; when they started."""
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(lanes)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return started
 
 
 def run_ours(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -116,12 +127,7 @@ def run_bare(spec: Dict[str, Any]) -> Dict[str, Any]:
             last[k] = time.perf_counter()
         sock.close()
 
-    threads = [threading.Thread(target=lane, args=(k,)) for k in range(len(work))]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    started = _in_lanes(lane, len(work))
     return {"answered": sum(answered), "wall_s": max(last) - started}
 
 
@@ -146,12 +152,7 @@ def run_urllib3(spec: Dict[str, Any]) -> Dict[str, Any]:
                 answered[k] += 1
             last[k] = time.perf_counter()
 
-    threads = [threading.Thread(target=lane, args=(k,)) for k in range(len(work))]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    started = _in_lanes(lane, len(work))
     pool.close()
     return {"answered": sum(answered), "wall_s": max(last) - started}
 

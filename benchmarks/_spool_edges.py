@@ -161,7 +161,7 @@ def _mount(folder: str) -> str:
     return "" if done.returncode == 0 else f"skipped: cannot mount ({done.stderr.strip()})"
 
 
-def _rows(path: str) -> Any:
+def rows_left(path: str) -> Any:
     """Rows still in the spool file (read-only), or '?' if it cannot be read."""
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -198,11 +198,11 @@ def full_disk_run(emulator: EmulatorProcess, events: int) -> Dict[str, Any]:
                 break
             time.sleep(0.1)
         drained = time.monotonic() - started
-        while time.monotonic() - started < drained + 15.0 and _rows(path) != 0:
+        while time.monotonic() - started < drained + 15.0 and rows_left(path) != 0:
             time.sleep(0.1)  # every delivered row removed, on the disk that is still full
         emptied = time.monotonic() - started
         restarted.communicate("stop\n", timeout=30)
-        left = _rows(path)
+        left = rows_left(path)
         return {
             "kept": len(kept),
             "dropped": report["dropped"],

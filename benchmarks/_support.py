@@ -277,6 +277,37 @@ class SinkProcess(_ServerProcess):
         return stats
 
 
+class ReadySink:
+    """A sink script that prints ``READY {json}`` with its port (the referee's ``sink.py``);
+    ``latency_ms``, when given, is passed as its ``--latency-ms``."""
+
+    def __init__(self, path: str, latency_ms: Optional[float] = None) -> None:
+        self.path, self.latency_ms = path, latency_ms
+
+    def __enter__(self) -> ReadySink:
+        latency = [] if self.latency_ms is None else ["--latency-ms", str(self.latency_ms)]
+        self.proc = subprocess.Popen(
+            [sys.executable, self.path, "--max-seconds", "3600", *latency],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise ChildError(f"the sink did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{json.loads(line[6:])['port']}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def emulator_capabilities() -> Dict[str, List[str]]:
     """This checkout's ``Emulator``: its constructor's parameters and public methods."""
     done = subprocess.run(

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,6 +33,7 @@ from _support import (
     REPO_ROOT,
     Child,
     ChildError,
+    ReadySink,
     SinkProcess,
     machine,
     table,
@@ -41,35 +41,6 @@ from _support import (
 )
 
 CHILD_TIMEOUT_S = 300.0
-
-
-class _ReadySink:
-    """A sink script that prints ``READY {json}`` with its port (the referee's ``sink.py``)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __enter__(self) -> _ReadySink:
-        self.proc = subprocess.Popen(
-            [sys.executable, self.path, "--max-seconds", "3600"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise ChildError(f"the sink did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{json.loads(line[6:])['port']}"
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -113,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         configs.append(("seed cutmeshort 1.0.1", "seed", REPO_ROOT))
     print(machine())
     print(f"load average before: {os.getloadavg()}")
-    sink = _ReadySink(args.sink) if args.sink else SinkProcess(0.0)
+    sink = ReadySink(args.sink) if args.sink else SinkProcess(0.0)
     runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in configs}
     errors: Dict[str, str] = {}
     with sink as server:

@@ -32,43 +32,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from _support import REPO_ROOT, Child, ChildError, SinkProcess, machine, table
+from _support import REPO_ROOT, Child, ChildError, ReadySink, SinkProcess, machine, table
 
 CHILD_TIMEOUT_S = 300.0
-
-
-class _ReadySink:
-    """A sink script that prints ``READY {json}`` with its port and takes ``--latency-ms``."""
-
-    def __init__(self, path: str, latency_ms: float) -> None:
-        self.path, self.latency_ms = path, latency_ms
-
-    def __enter__(self) -> _ReadySink:
-        self.proc = subprocess.Popen(
-            [sys.executable, self.path, "--max-seconds", "3600",
-             "--latency-ms", str(self.latency_ms)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise ChildError(f"the sink did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{json.loads(line[6:])['port']}"
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -122,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(machine())
     print(f"load average before: {os.getloadavg()}")
     sink = (
-        _ReadySink(args.sink, args.latency_ms)
+        ReadySink(args.sink, args.latency_ms)
         if args.sink
         else SinkProcess(args.latency_ms / 1000.0)
     )

@@ -61,7 +61,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -69,7 +68,7 @@ import time
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from _spool_edges import run_full_disk, run_spill_locked
+from _spool_edges import rows_left, run_full_disk, run_spill_locked
 from _support import (
     HERE,
     REPO_ROOT,
@@ -235,18 +234,6 @@ def run_latency(args: argparse.Namespace, began: float) -> None:
         f" range min-max); {args.warmup} untimed calls first; sink: loopback, 200 at once"
     )
     print(table(header, latency_rows(runs), left=2, last_left=True))
-
-
-def rows_left(path: str) -> Any:
-    """Rows still in the spool file (read-only), or '?' if it cannot be read."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return "?"
 
 
 def crash_run(run: int, emulator: EmulatorProcess, args: argparse.Namespace) -> Dict[str, Any]:
