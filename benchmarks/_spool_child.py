@@ -12,8 +12,8 @@
   until a ``stop`` line on stdin; then ``result {json}``.
 - ``crash``: tracks ``events`` leads (customers ``prefix + i``) against a server that
   is down, prints ``tracked {json}`` and waits to be killed (SIGKILL, by the parent).
-- ``restart``: only builds the client on the same spool (its replay thread starts with
-  it), prints ``ready``, and waits for ``stop``; then ``flush(flush_s)`` (so that the
+- ``restart``: builds the client on the same spool and calls ``flush(0)`` (which starts
+  its replay thread), prints ``ready``, and waits for ``stop``; then ``flush(flush_s)`` (so that the
   last outcomes have removed their rows) and ``result {json}``.
 
 Each leaves with ``os._exit`` (``_child.report``): the exit hook's bounded close and
@@ -121,7 +121,8 @@ def crash(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def restart(spec: Dict[str, Any]) -> Dict[str, Any]:
-    client = _client(spec)  # the replay thread starts here: its first pass runs at once
+    client = _client(spec)
+    client.flush(0)  # the replay thread starts here: its first pass runs at once
     stop = _stop_on_stdin()
     print("ready", flush=True)
     stop.wait()

@@ -47,9 +47,10 @@ SPILLER = """
 import json, subprocess, sys, time
 from collections import Counter
 from cms_shipper import CMSClient
+from cms_shipper._spool import Spool
 path, host, calls, holder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 token = sys.argv[5]
-CMSClient(token=token, host=host, spool_path=path).close(2.0)  # the file exists
+Spool(path).close()  # the file exists (a client makes it at its first event)
 client = CMSClient(token=token, host=host, spool_path=path, max_queue_size=4,
                    max_concurrent_requests=1, spool_replay_interval_s=0.05)
 held = subprocess.Popen([sys.executable, "-c", holder, path], stdin=subprocess.PIPE,
@@ -87,6 +88,7 @@ import sys
 from cms_shipper import CMSClient
 client = CMSClient(token=sys.argv[3], host=sys.argv[2], spool_path=sys.argv[1],
                    spool_replay_interval_s=0.2)
+client.flush(0)  # replay starts at the first event or flush
 print("up", flush=True)
 sys.stdin.readline()
 client.close(5.0)

@@ -222,7 +222,7 @@ class Pipeline:
     # -- flushing and lifecycle -------------------------------------------------------
 
     def start_replay(self) -> None:
-        """Start replay now: a process that only opens the client drains its spool."""
+        """Start replay (and fleet membership) once: at the first event or ``flush()``."""
         if self.pid != os.getpid():
             self.after_fork()  # forked without the fork hooks (uWSGI)
         self.durability.start_replay()
@@ -244,6 +244,8 @@ class Pipeline:
     def flush(self, timeout_s: Optional[float] = None) -> FlushResult:
         """``CMSClient.flush``: wait for the events pending now, at most ``timeout_s``."""
         budget = wait_budget(timeout_s, self.settings.flush_timeout_s)
+        if not self.closed:
+            self.start_replay()  # a process that has tracked nothing drains its spool from here
         mark = self.ledger.mark()
         self._queue.wake()
         # Nothing can be sent while the API refuses the token: the wait ends when it does.

@@ -160,8 +160,9 @@ class CMSClient:
         _lifecycle.register(self, self._pipeline)
         if self._settings.handle_sigterm:
             _lifecycle.install_sigterm(self._pipeline)
-        # Eagerly: a process that only opens the client still delivers the spool's backlog.
-        self._pipeline.start_replay()
+        # Nothing starts here (no thread, no file, no fleet membership): the first event or
+        # flush() starts them, so a master that builds the client before forking hands its
+        # workers nothing of its own.
 
     @property
     def settings(self) -> Settings:

@@ -92,9 +92,8 @@ class SpoolKeeper:
         self._replayer: Optional[Replayer] = None
         self._host: Optional[Host] = None
         self._writer = self._new_writer()
-        spool = self._ensure()  # at construction; a forked child makes its own at first need
-        if spool is not None:
-            self._count_first(spool)
+        # Nothing opened here: a master that builds the client and forks (gunicorn
+        # --preload, uWSGI, Celery prefork) hands its workers no file, lock or thread.
 
     def _new_writer(self) -> SpillWriter:
         def expect(customers: list[str], n: int) -> None:
@@ -162,6 +161,7 @@ class SpoolKeeper:
                         max_bytes=s.spool_max_bytes,
                         lease_s=s.spool_lease_s,
                         busy_s=OPEN_WAIT_S,
+                        connect=False,  # the first statement (a sender's, replay's) opens it
                     )
                 except SpoolError as exc:
                     self._unusable = True
@@ -196,6 +196,8 @@ class SpoolKeeper:
             setattr(self, name, getattr(self, name) + n)
 
     def _trouble(self, exc: SpoolError, doing: str) -> None:
+        if self._closed:
+            return  # close() closed the file under a replay pass: nothing went wrong
         self._log.log(
             logging.WARNING if isinstance(exc, SpoolBusy) else logging.ERROR,  # busy: it passes
             f"spool:{doing}",

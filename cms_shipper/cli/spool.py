@@ -61,6 +61,7 @@ def _replay(args: argparse.Namespace, token: Optional[str], before: SpoolStatus)
         spool_replay_interval_s=0.2,
         flush_interval_s=0.05,
     )
+    client.flush(0)  # starts replay (a client starts it at its first event or flush)
     tty = sys.stderr.isatty()
     try:
         while True:

@@ -29,6 +29,8 @@ def main() -> None:
         token=spec["token"], host=spec["host"], redis_url=redis_url, **spec["options"]
     )
     say(stage="started")
+    if not spec["leads"]:
+        client.flush(0)  # joins the fleet (a client joins at its first event or flush)
     for name, customer, click_id in spec["leads"]:
         if click_id:
             client.track_lead(name, customer, click_id=click_id, mode="deferred")

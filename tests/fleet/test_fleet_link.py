@@ -178,7 +178,8 @@ def test_stats_and_the_fleet_status_command_show_the_fleet(
     for i in range(30):
         lead(a, i)
     assert wait_until(lambda: (a.stats()["fleet"] or {}).get("paused_by") is not None, 15.0)
-    b = client_for(cms_emulator, redis_server.url)  # joins a paused fleet: claims nothing
+    b = client_for(cms_emulator, redis_server.url)
+    b.flush(0)  # joins a paused fleet (at its first event or flush): claims nothing
     a_member = a.stats()["fleet"]["member"]  # type: ignore[index]
     # B learns the outage from the fleet (its view of the queue is refreshed every second,
     # the pause within a tick).

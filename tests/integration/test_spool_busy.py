@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cms_shipper import CMSClient, Outcome
+from cms_shipper._spool import Spool
 from cms_shipper._spool.status import read_status
 from cms_shipper.emulator import Emulator
 
@@ -55,7 +56,7 @@ def test_a_full_queue_spills_without_waiting_for_another_processs_lock(
     tmp_path: Path, cms_emulator: Emulator
 ) -> None:
     path = tmp_path / "spool.db"
-    CMSClient(token=TOKEN, host=cms_emulator.url, spool_path=str(path)).close(2.0)  # the file
+    Spool(str(path)).close()  # the file exists (a client makes it at its first event)
     cms_emulator.configure(latency_s=0.3)
     client = CMSClient(
         token=TOKEN, host=cms_emulator.url, spool_path=str(path), **FAST,

@@ -140,6 +140,7 @@ def drain(path: Path, expected: set[str], emulator: Emulator) -> None:
         token=TOKEN, host=emulator.url, spool_path=str(path), spool_replay_interval_s=0.05
     )
     try:
+        client.flush(0)  # replay starts at the first event or flush
         delivered = lambda: {e.payload["eventName"] for e in emulator.events}  # noqa: E731
         assert wait_until(lambda: expected <= delivered(), 45.0), (
             len(expected - delivered()),

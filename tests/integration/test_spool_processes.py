@@ -209,6 +209,7 @@ DRAINER = textwrap.dedent(
         return read_status(path).total
 
     client = CMSClient(spool_path=sys.argv[1], write_ahead=True, flush_interval_s=0.01)
+    client.flush(0)  # replay starts at the first event or flush
     deadline = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < deadline and (rows(sys.argv[1]) or client.stats()["pending"]):
         time.sleep(0.05)

@@ -102,6 +102,7 @@ def test_the_caller_never_waits_on_the_disk_lock(tmp_path: Path) -> None:
     client = CMSClient(token=TOKEN, host=f"http://127.0.0.1:{unused_port()}",
                        spool_path=str(path), write_ahead=True, flush_interval_s=0.01,
                        retry_max_attempts=1000, retry_max_elapsed_s=60.0)  # fmt: skip
+    Spool(str(path)).close()  # the file exists (a client makes it at its first event)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # a sibling holding the write lock throughout
     try:
@@ -136,6 +137,7 @@ def test_replay_drains_even_with_a_queue_of_one(tmp_path: Path, cms_emulator: Em
     client = CMSClient(token=TOKEN, host=cms_emulator.url, spool_path=str(path), max_queue_size=1,
                        spool_replay_interval_s=0.05, flush_interval_s=0.01)  # fmt: skip
     try:
+        client.flush(0)  # replay starts at the first event or flush
         assert cms_emulator.wait_for_events(5, timeout_s=10.0)
         assert wait_until(lambda: read_status(str(path)).total == 0)
     finally:

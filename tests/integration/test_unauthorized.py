@@ -58,6 +58,7 @@ def test_with_a_spool_events_wait_there_for_a_process_with_a_working_token(
     fixed = CMSClient(token=TOKEN, host=cms_emulator.url, spool_path=path, **FAST,
                       spool_replay_interval_s=0.05)  # fmt: skip
     try:
+        fixed.flush(0)  # replay starts at the first event or flush
         assert cms_emulator.wait_for_events(20, timeout_s=20.0)
     finally:
         fixed.close(5.0)
