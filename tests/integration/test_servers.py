@@ -157,11 +157,15 @@ def test_gunicorn_preload_workers_deliver_at_graceful_shutdown(
     signups_arrived(cms_emulator, users)
 
 
+@pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
 def test_uwsgi_preforked_workers_deliver_at_graceful_stop(
-    serve: Callable[..., Server], cms_emulator: Emulator, tmp_path: Path
+    serve: Callable[..., Server], cms_emulator: Emulator, tmp_path: Path, spool: bool
 ) -> None:
     # uWSGI loads the app in the master and forks in C, without Python's fork hooks: each
-    # worker's client notices the new pid on its first track and rebuilds itself.
+    # worker's client notices the new pid on its first track and rebuilds itself. With a
+    # spool, the master that only built the client has no file open to hand on, so the
+    # workers use the spool (before: they ran in memory only, with an ERROR line).
+    options = {**HOLD, "spool_path": str(tmp_path / "spool.db")} if spool else HOLD
     uwsgi = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
     if uwsgi is None:
         pytest.skip("uwsgi is not installed")
@@ -169,7 +173,7 @@ def test_uwsgi_preforked_workers_deliver_at_graceful_stop(
     server = serve(
         [uwsgi, *UWSGI.split(), str(fifo)],
         FRAMEWORKS,
-        FLASK_CMS_OPTIONS=json.dumps(HOLD),
+        FLASK_CMS_OPTIONS=json.dumps(options),
     )
     bound = server.wait_for(r"bound to TCP address 127\.0\.0\.1:\d+")[0]
     port = re.search(r"127\.0\.0\.1:(\d+)", bound)
@@ -180,6 +184,7 @@ def test_uwsgi_preforked_workers_deliver_at_graceful_stop(
     fifo.write_text("q")  # graceful shutdown: workers finish, run exit hooks, then leave
     assert server.process.wait(timeout=60.0) == 0, server.output
     signups_arrived(cms_emulator, users)
+    assert "memory only" not in server.output, server.output  # every worker used its spool
 
 
 def test_celery_prefork_children_flush_at_warm_shutdown(
