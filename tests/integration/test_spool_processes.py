@@ -115,7 +115,9 @@ BUSY_SIBLING = textwrap.dedent(
     while True:
         r = client.track_lead(f"sib-{i}", f"s{i % 5}", click_id="k")
         if r._kept:  # a write-ahead miss (busy: its own hog) is in memory only
-            print(f"accepted sib-{i}", flush=True)
+            # One write per line: print() writes the text and its newline apart, and the
+            # client's warning lines (stderr, the same file) could land in between.
+            os.write(1, f"accepted sib-{i}\\n".encode())
         i += 1
         time.sleep(0.005)
     """
