@@ -112,6 +112,8 @@ def read_live(files: list[str]) -> Live:
         try:
             with open(path, "rb") as file:
                 data = file.read()
+        except FileNotFoundError:
+            continue  # taken over and removed meanwhile: its records are rows now
         except OSError as exc:
             logger.warning("cannot read the spool journal %s: %s", path, exc)
             continue

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import quote
 
+from cms_shipper._events import Event
 from cms_shipper._log import logger
 from cms_shipper._spool.owners import Owners
 from cms_shipper._spool.records import journal_files, read_live
@@ -200,28 +201,67 @@ def _move_aside(path: str, exc: Exception) -> str:
     return aside
 
 
-def query_status(db: sqlite3.Connection, path: str, now: float) -> SpoolStatus:
+@dataclass
+class _Journal:
+    """One owner's journal files as read: live records, whether the owner is alive, bytes."""
+
+    events: list[Event]
+    alive: bool
+    size: int
+
+
+def read_journals(path: str) -> list[_Journal]:
+    """Every owner's journal records. Read before the rows' snapshot (``query_status``): a
+    take-over that commits in between shows in the rows, so no record is missed."""
+    owners = Owners(path)
+    return [
+        _Journal(
+            read_live(files).events,
+            owners.probe(name) is True,
+            sum(_file_size(file) for file in files),
+        )
+        for name, files in journal_files(owners.directory).items()
+    ]
+
+
+def _in_rows(db: sqlite3.Connection, event_ids: list[str]) -> set[str]:
+    """Which of ``event_ids`` have a row (a record taken over after its journal was read)."""
+    found: set[str] = set()
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT event_id FROM events WHERE event_id IN ({marks})"  # noqa: S608
+        found.update(row[0] for row in db.execute(query, chunk))
+    return found
+
+
+def query_status(
+    db: sqlite3.Connection, path: str, now: float, journals: Optional[list[_Journal]] = None
+) -> SpoolStatus:
     """Counts by endpoint, leases, ages and size, read in one go (journals included).
 
     A journal record is held by its writer while the writer is alive (its lock file):
-    counted as leased. Its age is from its tracking time. Journals are read, never changed.
+    counted as leased. Its age is from its tracking time. Journals are read, never changed;
+    ``journals`` read before this transaction's snapshot (else now), and a record that is
+    also a row (taken over meanwhile) counts once.
     """
+    if journals is None:
+        journals = read_journals(path)
     by_endpoint = dict(db.execute("SELECT endpoint, COUNT(*) FROM events GROUP BY endpoint"))
     leased = int(
         db.execute("SELECT COUNT(*) FROM events WHERE lease_until > ?", (now,)).fetchone()[0]
     )
     oldest, newest = db.execute("SELECT MIN(added_at), MAX(added_at) FROM events").fetchone()
-    owners = Owners(path)
     size = used_bytes(db)
-    for name, files in journal_files(owners.directory).items():
-        records = read_live(files).events
-        alive = owners.probe(name) is True
+    taken = _in_rows(db, [event.event_id for journal in journals for event in journal.events])
+    for journal in journals:
+        records = [event for event in journal.events if event.event_id not in taken]
         for event in records:
             by_endpoint[event.endpoint] = by_endpoint.get(event.endpoint, 0) + 1
             oldest = event.tracked_at if oldest is None else min(oldest, event.tracked_at)
             newest = event.tracked_at if newest is None else max(newest, event.tracked_at)
-        leased += len(records) if alive else 0
-        size += sum(_file_size(file) for file in files)
+        leased += len(records) if journal.alive else 0
+        size += journal.size
     return SpoolStatus(
         path=path,
         total=sum(by_endpoint.values()),
@@ -242,6 +282,7 @@ def _file_size(path: str) -> int:
 
 def read_status(path: str, busy_s: float = 2.0) -> SpoolStatus:
     """The spool's status, read-only; Unreadable if not a spool, SpoolError if unreadable."""
+    journals = read_journals(path)  # first: a take-over committed after shows in the rows
     uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True, timeout=busy_s, isolation_level=None)
@@ -250,7 +291,7 @@ def read_status(path: str, busy_s: float = 2.0) -> SpoolStatus:
     try:
         db.execute("BEGIN")  # one snapshot for every count
         _check(db, writable=False)
-        return query_status(db, path, time.time())
+        return query_status(db, path, time.time(), journals)
     except sqlite3.Error as exc:
         problem = _classify(exc, path)
         raise problem from exc

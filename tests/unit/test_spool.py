@@ -499,3 +499,43 @@ def test_a_file_from_before_the_heartbeat_rows_gets_its_table_on_open(tmp_path: 
     assert store.write_ahead(lead(1, "y")) > 0
     assert rows(path) == (1, 1) and read_status(str(path)).total == 2
     store.close()
+
+
+def test_status_never_misses_records_a_take_over_moves_into_the_file(tmp_path: Path) -> None:
+    # A process takes a dead owner's journal over (rows committed, then its files removed)
+    # while another reads the status. Before: the reader's snapshot of the rows could come
+    # before the commit and its reading of the journals after the removal, and a drainer
+    # polling `read_status(...).total` saw 0 and stopped with the events still in the file.
+    path = str(tmp_path / "s.db")
+    Spool(path).close()
+    per_round = 40
+    for round_ in range(30):
+        journal = Journal(f"{path}.owners", f"dead{round_}", max_bytes=None)
+        journal.registered = True
+        for i in range(per_round):
+            journal.write(lead(round_ * per_round + i, f"c{i}"))
+        journal.forget_inherited()  # its writer is gone: no lock file, no heartbeat
+        totals: list[int] = []
+        stop = threading.Event()
+
+        def poll(stop: threading.Event, totals: list[int]) -> None:
+            while not stop.is_set():
+                totals.append(read_status(path).total)
+
+        poller = threading.Thread(target=poll, args=(stop, totals))
+        poller.start()
+        try:
+            deadline = time.monotonic() + 10.0
+            while not totals and time.monotonic() < deadline:
+                time.sleep(0.001)
+            taker = Spool(path)
+            taker.refresh()  # takes the dead journal over
+            taker.close()
+            seen = len(totals)
+            while len(totals) < seen + 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        finally:
+            stop.set()
+            poller.join()
+        expected = per_round * (round_ + 1)  # nobody removes the rows
+        assert set(totals) == {expected}, (round_, sorted(set(totals)))
