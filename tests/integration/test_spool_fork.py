@@ -37,6 +37,9 @@ PRELUDE = textwrap.dedent(
     import multiprocessing as mp, os, sys, time
     from cms_shipper import CMSClient
 
+    def print(*parts, flush=True):  # one write a line: other processes' lines and
+        os.write(1, (" ".join(map(str, parts)) + "\\n").encode())  # warnings never split it
+
     path, down, how = sys.argv[1], sys.argv[2], sys.argv[3]
     ctx = mp.get_context("fork")
 
@@ -299,6 +302,9 @@ PRELOAD = textwrap.dedent(
     """
     import multiprocessing as mp, os, sys, threading
     from cms_shipper import CMSClient
+
+    def print(*parts, flush=True):  # one write a line: other processes' lines and
+        os.write(1, (" ".join(map(str, parts)) + "\\n").encode())  # warnings never split it
 
     path = sys.argv[1]
     client = CMSClient(spool_path=path, write_ahead=True, flush_interval_s=0.01)
