@@ -7,6 +7,7 @@ Opening an existing spool only reads, so it never waits for a writer (WAL reader
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -103,13 +104,18 @@ def used_bytes(db: sqlite3.Connection) -> int:
     return int((pages - free) * size)
 
 
-def _check(db: sqlite3.Connection, writable: bool) -> None:
-    """Raise Unreadable unless ``db`` is a spool (creating the schema in an empty file)."""
+def _check(db: sqlite3.Connection, writable: bool) -> bool:
+    """Raise Unreadable unless ``db`` is a spool (creating the schema in an empty file).
+
+    False (read-only): an empty file, which a client is creating, or whose creator died
+    before its schema was in (its events are in its journal, if anywhere)."""
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if tables - _OURS:
         raise Unreadable(f"not a spool (tables {sorted(tables - _OURS)})")
     if {"meta", "events"} - tables:
         if not writable:
+            if not tables:
+                return False
             raise Unreadable("not a spool (no events table)")
         # One transaction: another opener sees no table or every table and the version row.
         db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
@@ -124,6 +130,7 @@ def _check(db: sqlite3.Connection, writable: bool) -> None:
     check = db.execute("PRAGMA quick_check").fetchone()
     if not check or check[0] != "ok":
         raise Unreadable(f"quick_check: {check}")
+    return True
 
 
 def _classify(exc: sqlite3.Error, path: str) -> Exception:
@@ -290,10 +297,22 @@ def read_status(path: str, busy_s: float = 2.0) -> SpoolStatus:
         raise SpoolError(f"cannot open {path} read-only: {exc}") from exc
     try:
         db.execute("BEGIN")  # one snapshot for every count
-        _check(db, writable=False)
+        if not _check(db, writable=False):  # an empty file: no rows yet, journals only
+            return _journals_only(path, time.time(), journals)
         return query_status(db, path, time.time(), journals)
     except sqlite3.Error as exc:
         problem = _classify(exc, path)
         raise problem from exc
     finally:
         db.close()
+
+
+def _journals_only(path: str, now: float, journals: list[_Journal]) -> SpoolStatus:
+    """The status of a spool whose file has no tables yet: what its journals hold."""
+    empty = sqlite3.connect(":memory:")
+    try:
+        empty.executescript(SCHEMA)
+        status = query_status(empty, path, now, journals)
+    finally:
+        empty.close()
+    return dataclasses.replace(status, size_bytes=sum(journal.size for journal in journals))

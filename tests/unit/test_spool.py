@@ -539,3 +539,19 @@ def test_status_never_misses_records_a_take_over_moves_into_the_file(tmp_path: P
             poller.join()
         expected = per_round * (round_ + 1)  # nobody removes the rows
         assert set(totals) == {expected}, (round_, sorted(set(totals)))
+
+
+def test_status_of_a_file_whose_creator_died_before_its_schema_counts_the_journals(
+    tmp_path: Path,
+) -> None:
+    # A write-ahead process killed while opening the file leaves it without tables; its
+    # events are in its journal. Before: `read_status` said "not a spool".
+    path = tmp_path / "s.db"
+    sqlite3.connect(path).close()  # an empty file, as SQLite leaves it before the schema
+    journal = Journal(f"{path}.owners", "dead", max_bytes=None)
+    journal.registered = True
+    for i in range(3):
+        journal.write(lead(i, f"c{i}"))
+    journal.forget_inherited()
+    status = read_status(str(path))
+    assert (status.total, status.by_endpoint) == (3, {"lead": 3})
