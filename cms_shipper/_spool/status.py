@@ -7,8 +7,9 @@ Opening an existing spool only reads, so it never waits for a writer (WAL reader
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -152,15 +153,40 @@ def _to_wal(db: sqlite3.Connection) -> None:
             raise
 
 
-def _connect(path: str, busy_s: float) -> sqlite3.Connection:
-    # Create the file 0600 before SQLite does (its -wal/-shm files copy these bits).
+def _create(path: str) -> None:
+    """Create the file 0600 before SQLite does (its -wal/-shm files copy these bits).
+
+    No descriptor of the file is ever closed here. SQLite's locks are POSIX locks, held
+    per process: closing any descriptor of a file drops every lock the process holds on
+    it, those of its other connections included (another client with the same spool, or
+    one that opened the new file meanwhile). Another process closing its last connection
+    would then take this process for gone, checkpoint and delete the WAL, and the
+    commits that follow (spilled rows) would be lost. So the file is made under a
+    temporary name, closed, and linked into place only if the name is still free.
+    """
+    if os.path.lexists(path):
+        return
+    temp = f"{path}.{secrets.token_hex(4)}.new"
+    os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # nobody knows it
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        if os.stat(path).st_uid == os.getuid():
-            os.chmod(path, 0o600)
-    except OSError as exc:
+        os.link(temp, path)
+    except FileExistsError:
+        pass  # another process or thread made it meanwhile
+    except OSError:
+        pass  # no hard links on this filesystem: SQLite creates it (``_connect`` chmods it)
+    finally:
+        os.unlink(temp)
+
+
+def _connect(path: str, busy_s: float) -> sqlite3.Connection:
+    try:
+        _create(path)
+        db = sqlite3.connect(path, timeout=busy_s, check_same_thread=False, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
         raise SpoolError(f"cannot create the spool at {path}: {exc}") from exc
-    db = sqlite3.connect(path, timeout=busy_s, check_same_thread=False, isolation_level=None)
+    with contextlib.suppress(OSError):  # before the WAL is made; chmod touches no lock
+        if os.stat(path).st_uid == os.getuid():
+            os.chmod(path, 0o600)  # a file from before 0600, or made by SQLite itself
     try:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             _to_wal(db)
@@ -242,25 +268,50 @@ def _in_rows(db: sqlite3.Connection, event_ids: list[str]) -> set[str]:
     return found
 
 
-def query_status(
-    db: sqlite3.Connection, path: str, now: float, journals: Optional[list[_Journal]] = None
-) -> SpoolStatus:
-    """Counts by endpoint, leases, ages and size, read in one go (journals included).
+@dataclass
+class _Rows:
+    """What the ``events`` table holds: counts by endpoint, leases, ages and its pages."""
 
-    A journal record is held by its writer while the writer is alive (its lock file):
-    counted as leased. Its age is from its tracking time. Journals are read, never changed;
-    ``journals`` read before this transaction's snapshot (else now), and a record that is
-    also a row (taken over meanwhile) counts once.
-    """
-    if journals is None:
-        journals = read_journals(path)
+    by_endpoint: dict[str, int]
+    leased: int
+    oldest: Optional[float]
+    newest: Optional[float]
+    size: int
+
+
+def _rows(db: sqlite3.Connection, now: float) -> _Rows:
     by_endpoint = dict(db.execute("SELECT endpoint, COUNT(*) FROM events GROUP BY endpoint"))
     leased = int(
         db.execute("SELECT COUNT(*) FROM events WHERE lease_until > ?", (now,)).fetchone()[0]
     )
     oldest, newest = db.execute("SELECT MIN(added_at), MAX(added_at) FROM events").fetchone()
-    size = used_bytes(db)
+    return _Rows(by_endpoint, leased, oldest, newest, used_bytes(db))
+
+
+def query_status(
+    db: sqlite3.Connection, path: str, now: float, journals: Optional[list[_Journal]] = None
+) -> SpoolStatus:
+    """Counts by endpoint, leases, ages and size, read in one go (journals included).
+
+    ``journals`` read before this transaction's snapshot (else now): a record that is
+    also a row (taken over meanwhile) counts once.
+    """
+    if journals is None:
+        journals = read_journals(path)
     taken = _in_rows(db, [event.event_id for journal in journals for event in journal.events])
+    return _status(path, now, _rows(db, now), journals, taken)
+
+
+def _status(
+    path: str, now: float, rows: _Rows, journals: list[_Journal], taken: set[str]
+) -> SpoolStatus:
+    """``rows`` plus the journals' records that are not rows (``taken``).
+
+    A journal record is held by its writer while the writer is alive (its lock file):
+    counted as leased. Its age is from its tracking time. Journals are read, never changed.
+    """
+    by_endpoint, leased = dict(rows.by_endpoint), rows.leased
+    oldest, newest, size = rows.oldest, rows.newest, rows.size
     for journal in journals:
         records = [event for event in journal.events if event.event_id not in taken]
         for event in records:
@@ -298,21 +349,10 @@ def read_status(path: str, busy_s: float = 2.0) -> SpoolStatus:
     try:
         db.execute("BEGIN")  # one snapshot for every count
         if not _check(db, writable=False):  # an empty file: no rows yet, journals only
-            return _journals_only(path, time.time(), journals)
+            return _status(path, time.time(), _Rows({}, 0, None, None, 0), journals, set())
         return query_status(db, path, time.time(), journals)
     except sqlite3.Error as exc:
         problem = _classify(exc, path)
         raise problem from exc
     finally:
         db.close()
-
-
-def _journals_only(path: str, now: float, journals: list[_Journal]) -> SpoolStatus:
-    """The status of a spool whose file has no tables yet: what its journals hold."""
-    empty = sqlite3.connect(":memory:")
-    try:
-        empty.executescript(SCHEMA)
-        status = query_status(empty, path, now, journals)
-    finally:
-        empty.close()
-    return dataclasses.replace(status, size_bytes=sum(journal.size for journal in journals))

@@ -254,3 +254,59 @@ def test_two_killed_write_ahead_processes_are_replayed_at_once_exactly_once(
     invoices = Counter(e.payload["invoiceId"] for e in emu.events)
     assert accepted <= set(invoices) and max(invoices.values()) == 1  # exactly once
     assert took < 8.0, f"replayed {took:.1f} s after the restart (lease is 60 s)"
+
+
+# Two clients of one process share a spool file. With the API away and queues of one, the
+# second event of each is spilled into the file (a committed row), and so is a third of the
+# first client's once another process has opened the file and closed it.
+TWO_CLIENTS = textwrap.dedent(
+    """
+    import os, sys, time
+    from cms_shipper import CMSClient
+
+    print(f"pid {os.getpid()}", flush=True)
+    path, go = sys.argv[1], sys.argv[2]
+
+    def spill(client, name):
+        outcome = client.track_lead(name, name[0], click_id="k").wait(10).outcome
+        os.write(1, f"{outcome} {name}\\n".encode())
+
+    a = CMSClient(spool_path=path, max_queue_size=1, flush_interval_s=0.01)
+    a.track_lead("a-0", "a", click_id="k")  # held in the queue: the API is away
+    spill(a, "a-1")  # the queue is full: spilled into the file
+    b = CMSClient(spool_path=path, max_queue_size=1, flush_interval_s=0.01)
+    b.track_lead("b-0", "b", click_id="k")
+    spill(b, "b-1")  # b opens the file: a second connection in this process
+    os.write(1, b"opened\\n")
+    while not os.path.exists(go):  # another process opens the file and closes it
+        time.sleep(0.01)
+    spill(a, "a-2")
+    time.sleep(600)
+    """
+)
+
+
+def test_a_second_client_of_the_process_never_lets_another_process_delete_the_wal(
+    tmp_path: Path, emu: Emulator, start: Callable[..., Path]
+) -> None:
+    # Opening a second connection once closed a descriptor of the file, which drops every
+    # POSIX lock of the process on it (SQLite's too). Another process closing the file
+    # then took itself for the last user, checkpointed and deleted the WAL, and what the
+    # first client spilled afterwards went into the deleted WAL: lost at the process's end.
+    path, go = tmp_path / "spool.db", tmp_path / "go"
+    emu.outage()
+    env = child_env(emu.url)
+    both = start("both", TWO_CLIENTS, str(path), str(go), env=env)
+    assert wait_until(lambda: "opened" in lines(both), 20.0), lines(both)
+    other = sqlite3.connect(path, timeout=5.0)  # any process: a client, a tool, a shell
+    assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] >= 2
+    other.close()
+    go.touch()
+    assert wait_until(lambda: "spooled a-2" in lines(both), 20.0), lines(both)
+    assert said(both, "spooled") == {"a-1", "b-1", "a-2"}, lines(both)
+    kill(both)  # a crash: what was in memory (a-0, b-0) goes; the spool keeps the rest
+    emu.end_outage()
+    drain = start("drain", DRAINER, str(path), "20", env=env)
+    names = lambda: {e.payload["eventName"] for e in emu.events}  # noqa: E731
+    assert wait_until(lambda: {"a-1", "b-1", "a-2"} <= names(), 20.0), (names(), lines(drain))
+    assert wait_until(lambda: "drained" in lines(drain), 20.0), lines(drain)
