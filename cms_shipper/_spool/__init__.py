@@ -1,7 +1,8 @@
 """The on-disk spool: the local implementation of the durability port (one host).
 
 ``keeper`` implements the port (write ahead, hold back, settle, replay) and decides;
-``store`` is the SQLite file's rows (``connection`` opens it and runs its transactions,
+``store`` is the SQLite file's rows (``connection`` holds it and runs its transactions,
+``opening`` opens it: schema, 0600, busy or broken files, the spool's errors;
 ``disk`` keeps its files within bounds), ``journal`` writes the memory-mapped
 write-ahead records (``records``: their format, a dead owner's files read back),
 ``owners`` the per-process lock files (crash recovery), ``order`` the per-customer counts
@@ -12,7 +13,8 @@ only when ``spool_path`` is set (it loads ``sqlite3`` and ``mmap``).
 """
 
 from cms_shipper._spool.keeper import SpoolKeeper
-from cms_shipper._spool.status import SpoolStatus, Unreadable, read_status
+from cms_shipper._spool.opening import Unreadable
+from cms_shipper._spool.status import SpoolStatus, read_status
 from cms_shipper._spool.store import Spool, SpoolError
 
 __all__ = ["Spool", "SpoolError", "SpoolKeeper", "SpoolStatus", "Unreadable", "read_status"]

@@ -27,9 +27,7 @@ from typing import Any, Callable, Optional, Union
 from cms_shipper._log import logger
 from cms_shipper._spool import disk, forks
 from cms_shipper._spool.journal import Journal
-from cms_shipper._spool.order import Lines
-from cms_shipper._spool.owners import Owners, name_of
-from cms_shipper._spool.status import (
+from cms_shipper._spool.opening import (
     SpoolBusy,
     SpoolError,
     SpoolFull,
@@ -37,6 +35,8 @@ from cms_shipper._spool.status import (
     is_busy,
     open_spool,
 )
+from cms_shipper._spool.order import Lines
+from cms_shipper._spool.owners import Owners, name_of
 
 __all__ = ["SpoolConnection"]
 

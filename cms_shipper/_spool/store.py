@@ -39,16 +39,11 @@ from cms_shipper._log import logger
 from cms_shipper._spool import disk, rows
 from cms_shipper._spool.connection import SpoolConnection
 from cms_shipper._spool.journal import FAILED, FULL, JournalError
+from cms_shipper._spool.opening import SpoolBusy, SpoolError, SpoolFull
 from cms_shipper._spool.owners import take_over_dead
 from cms_shipper._spool.records import mark_done
 from cms_shipper._spool.rows import Added, JournalRecord
-from cms_shipper._spool.status import (
-    SpoolBusy,
-    SpoolError,
-    SpoolFull,
-    SpoolStatus,
-    query_status,
-)
+from cms_shipper._spool.status import SpoolStatus, query_status
 
 __all__ = [
     "FAILED",
