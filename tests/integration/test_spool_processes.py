@@ -301,6 +301,7 @@ def test_a_second_client_of_the_process_never_lets_another_process_delete_the_wa
     other = sqlite3.connect(path, timeout=5.0)  # any process: a client, a tool, a shell
     assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] >= 2
     other.close()
+    wal_kept = Path(f"{path}-wal").exists()  # for the failure message: the WAL outlived it
     go.touch()
     assert wait_until(lambda: "spooled a-2" in lines(both), 20.0), lines(both)
     assert said(both, "spooled") == {"a-1", "b-1", "a-2"}, lines(both)
@@ -308,5 +309,11 @@ def test_a_second_client_of_the_process_never_lets_another_process_delete_the_wa
     emu.end_outage()
     drain = start("drain", DRAINER, str(path), "20", env=env)
     names = lambda: {e.payload["eventName"] for e in emu.events}  # noqa: E731
-    assert wait_until(lambda: {"a-1", "b-1", "a-2"} <= names(), 20.0), (names(), lines(drain))
+    assert wait_until(lambda: {"a-1", "b-1", "a-2"} <= names(), 20.0), (
+        names(),
+        lines(drain),
+        lines(both),
+        wal_kept,
+        dump(path),
+    )
     assert wait_until(lambda: "drained" in lines(drain), 20.0), lines(drain)
