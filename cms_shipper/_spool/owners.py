@@ -18,6 +18,7 @@ import sqlite3
 from collections import Counter
 from typing import Optional
 
+from cms_shipper._events import Event
 from cms_shipper._spool import rows
 from cms_shipper._spool.records import journal_files, read_live
 
@@ -139,6 +140,8 @@ def take_over_dead(
     until: float,
     limit: Optional[int] = None,
     taken: Optional[list[tuple[str, int]]] = None,
+    room: Optional[int] = None,
+    left: Optional[Counter[str]] = None,
 ) -> list[str]:
     """Take dead owners' events: free their leases, move their journals' live records into
     ``events`` (unleased, waiting in line).
@@ -149,9 +152,12 @@ def take_over_dead(
     its heartbeat row (``owners.until``) has passed, or when it has journal files and no
     heartbeat row at all.
 
-    ``limit`` (a full disk): move at most this many records; the records moved of an owner
-    not moved in full are added to ``taken`` (mark them done after the commit,
-    ``journal.mark_done``), and it is not buried yet.
+    ``limit`` (a full disk) and ``room`` (bytes the new rows may take, WAL frames counted:
+    the bound's room, or the database's free pages): move at most this many records, the
+    oldest of each owner first. The records moved of an owner not moved in full are added
+    to ``taken`` (mark them done after the commit, ``journal.mark_done``), it is not buried
+    yet, and the customers of the records it keeps are counted in ``left`` (their newer
+    rows must not be claimed before them).
     """
     beats = dict(db.execute("SELECT owner, until FROM owners WHERE owner != ?", (me,)))
     leased = {
@@ -187,16 +193,20 @@ def take_over_dead(
         db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
         files = journals.get(name_of(owner))
         live = read_live(files) if files else None
-        if live is not None and limit is not None and len(live.events) > limit:
-            rows.insert(db, live.events[:limit], now, 0, None, Counter())
-            if taken is not None:
-                taken.extend(live.where[:limit])
-            limit = 0
+        if live is None:
+            whole.append(owner)
             continue
-        if live is not None:
-            rows.insert(db, live.events, now, 0, None, Counter())
-            limit = None if limit is None else limit - len(live.events)
-        whole.append(owner)
+        n, spent = _fitting(live.events, limit, room)
+        rows.insert(db, live.events[:n], now, 0, None, Counter())
+        limit = None if limit is None else limit - n
+        room = None if room is None else room - spent
+        if n == len(live.events):
+            whole.append(owner)
+            continue
+        if taken is not None:
+            taken.extend(live.where[:n])
+        if left is not None:
+            left.update(event.customer_key for event in live.events[n:])
     # A live owner whose heartbeat is late still has its events in hand: never take them.
     db.executemany(
         "UPDATE events SET lease_until = ? WHERE lease_owner = ? AND lease_until > 0"
@@ -204,6 +214,20 @@ def take_over_dead(
         [(until, owner, until) for owner in alive],
     )
     return whole
+
+
+def _fitting(events: list[Event], limit: Optional[int], room: Optional[int]) -> tuple[int, int]:
+    """How many of ``events`` (a prefix) fit ``limit`` records and ``room`` bytes; their bytes."""
+    n = len(events) if limit is None else min(len(events), max(0, limit))
+    if room is None:
+        return n, 0
+    spent = 0
+    for i in range(n):
+        cost = 2 * rows.row_bytes(events[i])  # its pages in the database and in the WAL
+        if spent + cost > room:
+            return i, spent
+        spent += cost
+    return n, spent
 
 
 def name_of(owner: str) -> str:

@@ -11,13 +11,22 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Optional
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, NamedTuple, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._log import logger
 
-__all__ = ["Added", "JournalRecord", "claim", "insert", "release", "remove", "waiting"]
+__all__ = [
+    "Added",
+    "JournalRecord",
+    "claim",
+    "insert",
+    "release",
+    "remove",
+    "row_bytes",
+    "waiting",
+]
 
 COLUMNS = "event_id, endpoint, customer_key, payload, tracked_at, timestamp"
 ROW_OVERHEAD = 120  # bytes a row costs beyond its payload: ids, times, b-tree cells
@@ -82,6 +91,11 @@ def release(db: sqlite3.Connection, me: str, ids: Iterable[str], delta: Counter[
             delta[row[0]] += 1
 
 
+def row_bytes(event: Event) -> int:
+    """What a row of ``event`` costs in the database: its payload's length and the overhead."""
+    return len(json.dumps(event.payload, separators=(",", ":"))) + ROW_OVERHEAD
+
+
 def insert(
     db: sqlite3.Connection,
     events: Sequence[Event],
@@ -125,20 +139,38 @@ def insert(
     return added
 
 
-def claim(db: sqlite3.Connection, me: str, now: float, until: float, limit: int) -> list[Event]:
-    """Lease up to ``limit`` waiting events to ``me``: per customer, a prefix in tracking order."""
+def claim(
+    db: sqlite3.Connection,
+    me: str,
+    now: float,
+    until: float,
+    limit: int,
+    skip: Collection[str] = (),
+) -> list[Event]:
+    """Lease up to ``limit`` waiting events to ``me``: per customer, a prefix in tracking order.
+
+    Customers in ``skip`` are not claimed (older events of theirs wait in a dead owner's
+    journal, not taken over yet)."""
     # Customers with an event leased by someone (anyone, us included) are skipped: their
     # older events are in flight, and a newer one must not overtake them. Tracking order,
     # not insertion order: an event spilled late (kept in memory first) still goes before
     # a newer one written ahead earlier.
-    rows = db.execute(
+    cursor = db.execute(
         f"SELECT seq, {COLUMNS} FROM events AS e"  # noqa: S608
         " WHERE e.lease_until <= :now AND NOT EXISTS ("
         "   SELECT 1 FROM events AS b WHERE b.customer_key = e.customer_key"
         "   AND b.lease_until > :now)"
         " ORDER BY tracked_at, seq LIMIT :limit",
-        {"now": now, "limit": limit},
-    ).fetchall()
+        {"now": now, "limit": -1 if skip else limit},
+    )
+    rows: list[tuple[Any, ...]] = []
+    for row in cursor:
+        if skip and row[3] in skip:
+            continue
+        rows.append(row)
+        if len(rows) >= limit:
+            break
+    cursor.close()
     db.executemany(
         "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
         [(me, until, row[0]) for row in rows],

@@ -8,8 +8,10 @@ in that process's memory-mapped journal (``journal``) instead: marked done once 
 moved into ``events`` when spilled or held back. A process's leases and journal are taken
 over at once when it dies (its owner lock file, ``owners``, is then free), or once its
 heartbeat row (``owners``) or lease has passed where the OS cannot tell (no ``fcntl``, a
-network filesystem). Claims take, per customer, a prefix of its events in tracking order
-and skip customers leased by another process.
+network filesystem); a dead owner's journal moves into ``events`` as far as the bound
+(or the disk) has room, the rest at later passes. Claims take, per customer, a prefix of
+its events in tracking order, and skip customers leased by another process or with
+records still in a dead owner's journal.
 
 ``lines`` (``order.Lines``) says which customers this process must hold back for order;
 it is kept in step with every transaction on the main connection and recounted by
@@ -145,7 +147,7 @@ class Spool(SpoolConnection):
         result: Added = self._run(work, busy_s, committed, drains=not (add or move))
         return result
 
-    def _budget(self, db: sqlite3.Connection) -> tuple[int, Optional[int]]:
+    def _budget(self, db: sqlite3.Connection) -> tuple[int, int]:
         """Pages in use, and the limit rows may take them to: the bound less every other
         file of the spool (WAL, journals of every process, the reserve), and the disk's
         free bytes less room for the reserve while it is missing."""
@@ -177,26 +179,29 @@ class Spool(SpoolConnection):
             leased: list[Event] = []
 
             def plain(db: sqlite3.Connection) -> None:
-                leased[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
+                leased[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit, self._left)
 
             self._run(plain, busy_s, lambda: self.lines.claimed(leased))
             return leased
         dead: list[str] = []
         taken: list[tuple[str, int]] = []
+        left: Counter[str] = Counter()
         events: list[Event] = []
-        counts: dict[str, int] = {}
+        counts: Counter[str] = Counter()
 
         def work(db: sqlite3.Connection, cap: Optional[int]) -> None:
             taken.clear()
-            dead[:] = self._take_over(db, now, cap, taken)
-            events[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit)
+            dead[:] = self._take_over(db, now, cap, taken, left)
+            events[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit, left)
             counts.clear()
-            if dead or taken:  # their rows wait now: count them (lines would miss them)
+            if dead or taken or left:  # their rows wait now: count them (lines would miss them)
                 counts.update(rows.waiting(db, self.owner, now))
+                counts.update(left)
 
         def committed() -> None:
+            self._left = left
             self.lines.claimed(events)
-            if dead or taken:
+            if dead or taken or left:
                 self.lines.recount(counts)
 
         self._taking_over(work, busy_s, committed, taken)
@@ -208,25 +213,56 @@ class Spool(SpoolConnection):
         now = self._clock()
         dead: list[str] = []
         taken: list[tuple[str, int]] = []
-        counts: dict[str, int] = {}
+        left: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
 
         def work(db: sqlite3.Connection, cap: Optional[int]) -> None:
             taken.clear()
-            dead[:] = self._take_over(db, now, cap, taken)
+            dead[:] = self._take_over(db, now, cap, taken, left)
             counts.clear()
             counts.update(rows.waiting(db, self.owner, now))
+            counts.update(left)  # in a dead owner's journal still: they wait too
 
-        self._taking_over(work, busy_s, lambda: self.lines.recount(counts), taken)
+        def committed() -> None:
+            self._left = left
+            self.lines.recount(counts)
+
+        self._taking_over(work, busy_s, committed, taken)
         self._bury(dead, taken)
 
     def _take_over(
-        self, db: sqlite3.Connection, now: float, cap: Optional[int], taken: list[tuple[str, int]]
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        cap: Optional[int],
+        taken: list[tuple[str, int]],
+        left: Counter[str],
     ) -> list[str]:
+        """Take dead owners' journals over, as far as the bound and the disk have room.
+
+        Past the bound (or on a full disk) only into the database's free pages, which
+        rows that drained left: the records wait in their journal, counted, meanwhile.
+        """
         until = now + self._lease_s
+        free, page = (
+            int(db.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("freelist_count", "page_size")
+        )
         if cap:  # a full disk: only as many as the database's free pages hold (no growth)
-            free = db.execute("PRAGMA freelist_count").fetchone()[0]
-            cap = min(cap, free * db.execute("PRAGMA page_size").fetchone()[0] // TAKE_ROW_BYTES)
-        return take_over_dead(db, self._owners, self.owner, now, until, cap, taken)
+            cap = min(cap, free * page // TAKE_ROW_BYTES)
+        used, limit = self._budget(db)
+        left.clear()
+        return take_over_dead(
+            db,
+            self._owners,
+            self.owner,
+            now,
+            until,
+            cap,
+            taken,
+            room=max(limit - used, free * page),
+            left=left,
+        )
 
     def _taking_over(
         self,
@@ -246,7 +282,7 @@ class Spool(SpoolConnection):
                 if n == len(caps) - 1:
                     raise
                 continue
-            self._chunked = cap == 0 or bool(taken)
+            self._chunked = cap == 0 or (cap is not None and bool(taken))
             return
 
     def _bury(self, dead: list[str], taken: Sequence[tuple[str, int]] = ()) -> None:

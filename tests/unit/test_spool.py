@@ -135,6 +135,44 @@ def test_a_dead_owners_journal_and_leases_are_taken_over_at_once(tmp_path: Path)
     assert left == ["b.lock", "reserve"]  # a's lock and journal files buried once taken over
 
 
+def test_a_dead_owners_journal_is_taken_over_as_far_as_the_bound_has_room(
+    tmp_path: Path,
+) -> None:
+    # Past its bound, the spool takes a dead owner's records over only into the database's
+    # free pages (rows that drained left them): the rest wait in its journal, counted, and
+    # their customers' newer rows wait behind them. Before: every record moved in one
+    # transaction, whatever the bound (the database and its WAL grew by the journal twice).
+    path = tmp_path / "s.db"
+    clock = Clock()
+    a, b = spool(path, clock, "a"), spool(path, clock, "b")
+    n = 600
+    for i in range(1, n + 1):
+        assert a.write_ahead(lead(i, f"c{i}")) > 0
+    assert a.write_ahead(lead(n + 1, "x")) > 0  # x's older event, last in the journal
+    b.add([lead(n + 100, "x")])  # x's newer event, a row already
+    b.add([lead(1000 + i, f"gone{i}") for i in range(200)])
+    b.remove([f"e{1000 + i}" for i in range(200)])  # answered: their pages are free now
+    die(a)
+    # The journal file alone (1 MiB) is past this bound: only free pages take records.
+    c = spool(path, clock, "c", max_bytes=256 * 1024)
+    claimed: list[str] = []
+    while more := [e.event_id for e in c.claim(1000)]:  # a pass each, until the pages are used
+        claimed += more
+    moved = len(claimed)
+    assert 0 < moved < n, moved  # some, not all
+    assert claimed == [f"e{i}" for i in range(1, moved + 1)]  # the oldest first
+    assert c.lines.holds_back("x")  # x's newer row was never claimed: its older one waits
+    assert rows(path) == (moved + 1, n + 1 - moved)  # the rest still in a's journal
+    # With room (another process, no bound), the rest is taken over, x's older event first.
+    d = spool(path, clock, "d")
+    rest = [e.event_id for e in d.claim(1000)]
+    assert rest == [f"e{i}" for i in range(moved + 1, n + 2)] + [f"e{n + 100}"]
+    assert rows(path) == (n + 2, 0)
+    assert not journal_files(f"{path}.owners")  # a's files buried once all were in
+    for store in (b, c, d):
+        store.close()
+
+
 def test_without_a_lock_file_the_heartbeat_row_is_the_fallback(tmp_path: Path) -> None:
     clock = Clock()
     a, b = spool(tmp_path / "s.db", clock, "a"), spool(tmp_path / "s.db", clock, "b")
