@@ -90,9 +90,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# Every script's lines are written whole: print() writes a text and its newline apart, and
+# the client's warnings (stderr, the same file) could land in between and garble a name.
+ONE_WRITE = textwrap.dedent(
+    """
+    import os
+
+    def print(*parts, flush=True):
+        os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
+    """
+)
+
+
 # A write_ahead process that keeps the write lock busy: it tracks all the time, and a
 # second connection holds BEGIN IMMEDIATE for 30 ms of every 40 ms.
-BUSY_SIBLING = textwrap.dedent(
+BUSY_SIBLING = ONE_WRITE + textwrap.dedent(
     """
     import os, sqlite3, sys, threading, time
     from cms_shipper import CMSClient
@@ -115,16 +127,14 @@ BUSY_SIBLING = textwrap.dedent(
     while True:
         r = client.track_lead(f"sib-{i}", f"s{i % 5}", click_id="k")
         if r._kept:  # a write-ahead miss (busy: its own hog) is in memory only
-            # One write per line: print() writes the text and its newline apart, and the
-            # client's warning lines (stderr, the same file) could land in between.
-            os.write(1, f"accepted sib-{i}\\n".encode())
+            print(f"accepted sib-{i}")
         i += 1
         time.sleep(0.005)
     """
 )
 
 # 40 client starts, then 10 forks of a live client, each tracking one event.
-STARTER = textwrap.dedent(
+STARTER = ONE_WRITE + textwrap.dedent(
     """
     import os, sys, time
     from cms_shipper import CMSClient
@@ -179,7 +189,7 @@ def test_starts_and_forks_beside_a_busy_sibling_never_move_the_file_nor_lose_eve
 
 
 # A write_ahead process killed mid-burst: many events accepted and not yet delivered.
-KILLED = textwrap.dedent(
+KILLED = ONE_WRITE + textwrap.dedent(
     """
     import os, sys
     from cms_shipper import CMSClient
@@ -200,7 +210,7 @@ KILLED = textwrap.dedent(
 )
 
 # The restarted process: default spool_lease_s and replay interval; exits once drained.
-DRAINER = textwrap.dedent(
+DRAINER = ONE_WRITE + textwrap.dedent(
     """
     import sqlite3, sys, time
     from cms_shipper import CMSClient
@@ -259,7 +269,7 @@ def test_two_killed_write_ahead_processes_are_replayed_at_once_exactly_once(
 # Two clients of one process share a spool file. With the API away and queues of one, the
 # second event of each is spilled into the file (a committed row), and so is a third of the
 # first client's once another process has opened the file and closed it.
-TWO_CLIENTS = textwrap.dedent(
+TWO_CLIENTS = ONE_WRITE + textwrap.dedent(
     """
     import os, sys, time
     from cms_shipper import CMSClient
