@@ -194,6 +194,7 @@ CHILD_BESIDE_REPLAY = PRELUDE + textwrap.dedent(
             time.sleep(0.3)
         result = client.close(1.0)
         print("child spooled", result["spooled"], flush=True)
+        print("child closed", dict(result), flush=True)  # for a failure: drops, pending
 
     join = fork(child)
     client.close(1.0)  # the parent lets go of the file: the child and the operator share it
