@@ -22,7 +22,6 @@ import socket
 import sqlite3
 import threading
 import time
-from collections import Counter
 from typing import Any, Callable, Optional, Union
 
 from cms_shipper._log import logger
@@ -85,7 +84,6 @@ class SpoolConnection(abc.ABC):
         self._owners = Owners(self.path)
         self._reserve = disk.Reserve(self.path, disk.wal_limit(max_bytes))
         self._chunked = False  # a full disk: dead owners' journals are taken over in chunks
-        self._left: Counter[str] = Counter()  # customers with records left in dead journals
         self.lines = Lines()  # which customers wait for their spooled events
         self.journal = self._journal()
         self._was_open = False  # opened once: close() must end our rows' ownership

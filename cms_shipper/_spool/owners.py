@@ -16,7 +16,7 @@ import re
 import secrets
 import sqlite3
 from collections import Counter
-from typing import Optional
+from typing import Callable, Optional
 
 from cms_shipper._events import Event
 from cms_shipper._spool import rows
@@ -140,7 +140,7 @@ def take_over_dead(
     until: float,
     limit: Optional[int] = None,
     taken: Optional[list[tuple[str, int]]] = None,
-    room: Optional[int] = None,
+    room: Optional[Callable[[], int]] = None,
     left: Optional[Counter[str]] = None,
 ) -> list[str]:
     """Take dead owners' events: free their leases, move their journals' live records into
@@ -153,11 +153,11 @@ def take_over_dead(
     heartbeat row at all.
 
     ``limit`` (a full disk) and ``room`` (bytes the new rows may take, WAL frames counted:
-    the bound's room, or the database's free pages): move at most this many records, the
-    oldest of each owner first. The records moved of an owner not moved in full are added
-    to ``taken`` (mark them done after the commit, ``journal.mark_done``), it is not buried
-    yet, and the customers of the records it keeps are counted in ``left`` (their newer
-    rows must not be claimed before them).
+    the bound's room, or the database's free pages; asked once, when a dead owner has
+    records): move at most this many records, the oldest of each owner first. The records
+    moved of an owner not moved in full are added to ``taken`` (mark them done after the
+    commit, ``journal.mark_done``), it is not buried yet, and the customers of the records
+    it keeps are counted in ``left`` (their newer rows must not be claimed before them).
     """
     beats = dict(db.execute("SELECT owner, until FROM owners WHERE owner != ?", (me,)))
     leased = {
@@ -185,6 +185,7 @@ def take_over_dead(
         elif owner not in leased:  # journal files, no lock file, no heartbeat: gone
             dead.append(owner)
     whole: list[str] = []
+    space: Optional[int] = None  # room's answer, once records need it
     for owner in dead:
         db.execute(
             "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?",
@@ -196,10 +197,12 @@ def take_over_dead(
         if live is None:
             whole.append(owner)
             continue
-        n, spent = _fitting(live.events, limit, room)
+        if space is None and room is not None and live.events:
+            space = room()
+        n, spent = _fitting(live.events, limit, space)
         rows.insert(db, live.events[:n], now, 0, None, Counter())
         limit = None if limit is None else limit - n
-        room = None if room is None else room - spent
+        space = None if space is None else space - spent
         if n == len(live.events):
             whole.append(owner)
             continue

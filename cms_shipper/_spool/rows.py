@@ -91,9 +91,14 @@ def release(db: sqlite3.Connection, me: str, ids: Iterable[str], delta: Counter[
             delta[row[0]] += 1
 
 
+def _encoded(event: Event) -> str:
+    """The payload as a row stores it."""
+    return json.dumps(event.payload, separators=(",", ":"))
+
+
 def row_bytes(event: Event) -> int:
     """What a row of ``event`` costs in the database: its payload's length and the overhead."""
-    return len(json.dumps(event.payload, separators=(",", ":"))) + ROW_OVERHEAD
+    return len(_encoded(event)) + ROW_OVERHEAD
 
 
 def insert(
@@ -112,7 +117,7 @@ def insert(
     added = Added([], [])
     for event in events:
         try:
-            payload = json.dumps(event.payload, separators=(",", ":"))
+            payload = _encoded(event)
             if max_bytes is not None and size + cost * len(payload) > max_bytes:
                 added.refused.append(event.event_id)
                 continue

@@ -161,17 +161,21 @@ class Spool(SpoolConnection):
         customer leased by an earlier one is skipped by the next (its rest waits its turn).
         """
         step = disk.rows_per_transaction(self._max_bytes)
-        events = more = self._claim(min(limit, step), busy_s)
+        left: Counter[str] = Counter()  # customers with records still in a dead journal
+        events = more = self._claim(min(limit, step), busy_s, left)
         while len(more) == step and len(events) < limit:
             try:
-                more = self._claim(min(limit - len(events), step), busy_s, take_over=False)
+                more = self._claim(min(limit - len(events), step), busy_s, left, take_over=False)
             except SpoolError:
                 break  # those before are leased to us already: hand them over
             events = events + more
         return events
 
-    def _claim(self, limit: int, busy_s: Optional[float], take_over: bool = True) -> list[Event]:
-        """One claiming transaction; the first of a pass takes dead owners' rows over too."""
+    def _claim(
+        self, limit: int, busy_s: Optional[float], left: Counter[str], take_over: bool = True
+    ) -> list[Event]:
+        """One claiming transaction; the first of a pass takes dead owners' rows over too
+        (and counts in ``left`` the customers of records it leaves: none of theirs is claimed)."""
         if limit <= 0:
             return []
         now = self._clock()
@@ -179,13 +183,12 @@ class Spool(SpoolConnection):
             leased: list[Event] = []
 
             def plain(db: sqlite3.Connection) -> None:
-                leased[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit, self._left)
+                leased[:] = rows.claim(db, self.owner, now, now + self._lease_s, limit, left)
 
             self._run(plain, busy_s, lambda: self.lines.claimed(leased))
             return leased
         dead: list[str] = []
         taken: list[tuple[str, int]] = []
-        left: Counter[str] = Counter()
         events: list[Event] = []
         counts: Counter[str] = Counter()
 
@@ -199,7 +202,6 @@ class Spool(SpoolConnection):
                 counts.update(left)
 
         def committed() -> None:
-            self._left = left
             self.lines.claimed(events)
             if dead or taken or left:
                 self.lines.recount(counts)
@@ -223,11 +225,7 @@ class Spool(SpoolConnection):
             counts.update(rows.waiting(db, self.owner, now))
             counts.update(left)  # in a dead owner's journal still: they wait too
 
-        def committed() -> None:
-            self._left = left
-            self.lines.recount(counts)
-
-        self._taking_over(work, busy_s, committed, taken)
+        self._taking_over(work, busy_s, lambda: self.lines.recount(counts), taken)
         self._bury(dead, taken)
 
     def _take_over(
@@ -244,24 +242,23 @@ class Spool(SpoolConnection):
         rows that drained left: the records wait in their journal, counted, meanwhile.
         """
         until = now + self._lease_s
-        free, page = (
-            int(db.execute(f"PRAGMA {name}").fetchone()[0])
-            for name in ("freelist_count", "page_size")
-        )
+
+        def free_bytes() -> int:
+            free, page = (
+                int(db.execute(f"PRAGMA {name}").fetchone()[0])
+                for name in ("freelist_count", "page_size")
+            )
+            return free * page
+
+        def room() -> int:  # asked only when a dead owner has records to move
+            used, limit = self._budget(db)
+            return max(limit - used, free_bytes())
+
         if cap:  # a full disk: only as many as the database's free pages hold (no growth)
-            cap = min(cap, free * page // TAKE_ROW_BYTES)
-        used, limit = self._budget(db)
+            cap = min(cap, free_bytes() // TAKE_ROW_BYTES)
         left.clear()
         return take_over_dead(
-            db,
-            self._owners,
-            self.owner,
-            now,
-            until,
-            cap,
-            taken,
-            room=max(limit - used, free * page),
-            left=left,
+            db, self._owners, self.owner, now, until, cap, taken, room=room, left=left
         )
 
     def _taking_over(
